@@ -1,0 +1,26 @@
+# Two commands on a fresh machine: `make demo` runs the main job, `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint ui
+
+$(BIN)/shopify-pipeline: pyproject.toml
+	bash scripts/ensure-prerequisites.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/shopify-pipeline local-dynamodb --fetch-only
+	touch $@
+
+setup: $(BIN)/shopify-pipeline
+
+demo: setup
+	$(BIN)/shopify-pipeline demo
+
+test: setup
+	$(BIN)/ruff check shopify_pipeline shopify_pipeline_tests benchmarks
+	$(BIN)/pytest -q
+
+ui: setup
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -w workspace.yaml

@@ -1,0 +1,96 @@
+"""Every setting in one place: defaults, and the environment variable that overrides each.
+
+Nothing here talks to AWS or Shopify; the other layers receive a `Settings` and read what they need.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from shopify_pipeline.errors import PermanentError
+
+DATA_TYPES = ("orders", "products", "customers")
+SYNC_TYPES = ("initial", "manual", "daily")
+
+CHECKPOINT_TTL_SECONDS = 7 * 24 * 3600
+STAGED_PAGE_TTL_SECONDS = 7 * 24 * 3600
+
+
+class SettingsError(PermanentError, ValueError):
+    """A setting has a value we cannot use; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True)
+class TableNames:
+    """Names of the DynamoDB tables. `SYNC_CHECKPOINTS_TABLE` is the seed's variable name."""
+
+    checkpoints: str = "sync_checkpoints"
+    orders: str = "shopify_orders"
+    products: str = "shopify_products"
+    customers: str = "shopify_customers"
+    pages: str = "sync_pages"
+    connections: str = "shopify_connections"
+    documents: str = "shopify_document_chunks"
+
+    def records(self, data_type: str) -> str:
+        """The record table of one data type (orders, products, customers)."""
+        if data_type not in DATA_TYPES:
+            raise SettingsError(f"unknown data type {data_type!r}; expected one of {', '.join(DATA_TYPES)}")
+        return getattr(self, data_type)
+
+    def all(self) -> list[str]:
+        return [getattr(self, name) for name in self.__dataclass_fields__]
+
+
+# (field of TableNames, environment variable that names that table)
+_TABLE_ENV = (
+    ("checkpoints", "SYNC_CHECKPOINTS_TABLE"),
+    ("orders", "SHOPIFY_ORDERS_TABLE"),
+    ("products", "SHOPIFY_PRODUCTS_TABLE"),
+    ("customers", "SHOPIFY_CUSTOMERS_TABLE"),
+    ("pages", "SYNC_PAGES_TABLE"),
+    ("connections", "SHOPIFY_CONNECTIONS_TABLE"),
+    ("documents", "SHOPIFY_DOCUMENT_CHUNKS_TABLE"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where DynamoDB is and what the tables are called.
+
+    `dynamodb_endpoint_url` empty means real AWS (boto3's usual credential and region chain);
+    set it (or `AWS_ENDPOINT_URL_DYNAMODB`) to talk to DynamoDB Local.
+    """
+
+    tables: TableNames = field(default_factory=TableNames)
+    dynamodb_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+    # DynamoDB's per-item limit is 400 KB; we keep a margin for attribute names and key attributes.
+    max_item_bytes: int = 380_000
+    batch_size: int = 25
+    # How many times the batch writer resubmits UnprocessedItems before it reports a failed batch.
+    unprocessed_retries: int = 5
+    unprocessed_backoff_seconds: float = 0.05
+    unprocessed_backoff_cap_seconds: float = 2.0
+    lease_seconds: int = 300
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from environment variables (see docs/configuration.md)."""
+        env = os.environ if environ is None else environ
+        prefix = env.get("SHOPIFY_PIPELINE_TABLE_PREFIX", "")
+        names = {
+            attr: env.get(var) or prefix + getattr(TableNames, attr) for attr, var in _TABLE_ENV
+        }
+        return cls(
+            tables=TableNames(**names),
+            dynamodb_endpoint_url=env.get("AWS_ENDPOINT_URL_DYNAMODB") or None,
+            aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+    def with_prefix(self, prefix: str) -> Settings:
+        """The same settings with every default table name prefixed (tests use one prefix each)."""
+        names = {attr: prefix + getattr(TableNames, attr) for attr, _ in _TABLE_ENV}
+        return replace(self, tables=TableNames(**names))

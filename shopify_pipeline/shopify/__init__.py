@@ -1,0 +1,1 @@
+"""Shopify Admin API client: session, pacing, paging, errors. No Dagster, no DynamoDB."""

@@ -1,0 +1,1 @@
+"""The sync engine: fetch pages with checkpoints, load them into tables, recover. No Dagster."""
