@@ -1,0 +1,128 @@
+"""Configuration of simulated shops and their faults: plain dataclasses, JSON-friendly both ways."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+DATA_TYPES = ("orders", "products", "customers")
+
+ALL_SCOPES = ("read_orders", "read_all_orders", "read_products", "read_customers")
+
+# (bucket size, leak per second) as Shopify documents (standard, plus) or was observed (advanced).
+PLANS: dict[str, tuple[int, float]] = {
+    "standard": (40, 2.0),
+    "advanced": (80, 4.0),
+    "plus": (400, 20.0),
+    # No rate limit at all: for measuring how fast the simulator itself serves.
+    "unlimited": (40, 0.0),
+}
+
+SHOP_STATES = ("active", "frozen", "locked")
+
+FAULT_KINDS = ("500", "502", "503", "504", "430", "429", "404", "hang", "reset", "truncate", "malformed")
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    """A deterministic fault: of the requests that match, let `skip` pass, fail the next `times`, then stop.
+
+    `endpoint` matches the endpoint name as counted in stats ("orders", "orders/count", "products", …;
+    None matches all); `page` matches the page number of a listing (1 is the request without
+    page_info; None matches any request). `times` <= 0 means forever.
+    """
+
+    kind: str
+    endpoint: str | None = None
+    page: int | None = None
+    skip: int = 0
+    times: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Faults a shop serves. Rates are probabilities per request, drawn from a generator seeded by `seed`.
+
+    `error_500_rate` is the chance at limit=250 and shrinks in proportion to smaller limits (big pages
+    fail more often, as on Shopify). Durations are real seconds (not scaled by time_scale).
+    """
+
+    seed: int = 0
+    error_500_rate: float = 0.0
+    error_502_rate: float = 0.0
+    error_503_rate: float = 0.0
+    error_504_rate: float = 0.0
+    error_430_rate: float = 0.0
+    hang_rate: float = 0.0
+    reset_rate: float = 0.0
+    truncate_rate: float = 0.0
+    malformed_rate: float = 0.0
+    latency_seconds: float = 0.0
+    hang_seconds: float = 30.0
+    gateway_timeout_seconds: float = 10.0
+    call_limit_header_on_429: bool = True
+    rules: tuple[FaultRule, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """This configuration as JSON-ready data (rules as a list of dicts)."""
+        data = asdict(self)
+        data["rules"] = [asdict(rule) for rule in self.rules]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FaultConfig:
+        """A FaultConfig from JSON data; unknown keys raise ValueError so typos are not silently ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fault fields: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        values["rules"] = tuple(FaultRule(**rule) for rule in values.get("rules", ()))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ShopConfig:
+    """One simulated shop: its name (the `{shop}` of `{shop}.myshopify.com`), token, data and state.
+
+    `large_order_every=n` makes every n-th order a large one (hundreds of line items, several hundred
+    KB). `history_days` spreads created_at over that many days before the simulator starts.
+    `timezone_offset_minutes` is the shop's local offset used in every timestamp it serves.
+    """
+
+    name: str
+    token: str
+    orders: int = 0
+    products: int = 0
+    customers: int = 0
+    seed: int = 0
+    plan: str = "standard"
+    scopes: tuple[str, ...] = ALL_SCOPES
+    state: str = "active"
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    large_order_every: int = 0
+    large_order_line_items: int = 300
+    history_days: int = 365
+    timezone_offset_minutes: int = -300
+    api_versions: tuple[str, ...] = ("2025-01", "2025-04", "2025-07", "2025-10", "2026-01")
+
+    def __post_init__(self) -> None:
+        if self.plan not in PLANS:
+            raise ValueError(f"unknown plan {self.plan!r}; expected one of {', '.join(PLANS)}")
+        if self.state not in SHOP_STATES:
+            raise ValueError(f"unknown shop state {self.state!r}; expected one of {', '.join(SHOP_STATES)}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShopConfig:
+        """A ShopConfig from JSON data (as in the CLI's --config file)."""
+        values = dict(data)
+        if "faults" in values:
+            values["faults"] = FaultConfig.from_dict(values["faults"])
+        for key in ("scopes", "api_versions"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)

@@ -1,0 +1,529 @@
+"""The HTTP server: Shopify's REST endpoints under /shops/{shop}/admin/…, and /_simulator/ for tests.
+
+A client addresses a shop by path prefix: where it would call https://{shop}.myshopify.com/admin/…,
+it calls http://127.0.0.1:{port}/shops/{shop}/admin/….
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import socket
+import struct
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from shopify_pipeline.simulator.config import DATA_TYPES, FaultConfig, ShopConfig
+from shopify_pipeline.simulator.faults import HTML_BODIES
+from shopify_pipeline.simulator.paging import (
+    BadRequest,
+    ListRequest,
+    PageTokens,
+    link_header,
+    parse_filters,
+    parse_list_request,
+    sixty_days_ago,
+)
+from shopify_pipeline.simulator.shop import ShopRuntime
+from shopify_pipeline.simulator.store import RenderCache, dumps, record_filter
+
+SHOP_PATH = re.compile(r"^/shops/(?P<shop>[^/]+)(?P<rest>/.*)$")
+API_PATH = re.compile(r"^/admin/api/(?P<version>[^/]+)/(?P<resource>[a-z_]+)(?:/(?P<tail>[^/]+))?\.json$")
+VERSION_FORMAT = re.compile(r"^\d{4}-(01|04|07|10)$")
+ADMIN_PATH = re.compile(r"^/_simulator/shops/(?P<shop>[^/]+)/(?P<what>[a-z_]+)(?:/(?P<type>[a-z]+))?"
+                        r"(?:/(?P<action>[a-z]+))?$")
+
+INVALID_TOKEN = {"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}
+NOT_FOUND = {"errors": "Not Found"}
+THROTTLED = {"errors": "Exceeded 2 calls per second for api client. Reduce request rates to resume "
+                       "uninterrupted service."}
+SCOPES_NEEDED = {"orders": "read_orders", "products": "read_products", "customers": "read_customers"}
+
+
+class Answer:
+    """A response to send: status, body bytes, headers and an optional fault that alters delivery."""
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None,
+                 content_type: str = "application/json; charset=utf-8") -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+        self.content_type = content_type
+
+
+def json_answer(status: int, document: Any, headers: dict[str, str] | None = None) -> Answer:
+    """A JSON answer."""
+    return Answer(status, dumps(document), headers)
+
+
+class Simulator:
+    """A local Shopify Admin REST API serving several shops on 127.0.0.1.
+
+    `time_scale` speeds up the leaky bucket (10 → leaks ten times faster, Retry-After ten times
+    shorter); everything else runs in real time.
+    """
+
+    def __init__(self, shops: list[ShopConfig], port: int = 0, time_scale: float = 1.0,
+                 cache_bytes: int = 256 * 1024 * 1024) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        self.port = port
+        self.time_scale = time_scale
+        self.anchor = int(time.time())
+        self.tokens = PageTokens(secrets.token_bytes(16))
+        self.cache = RenderCache(cache_bytes)
+        self.shops: dict[str, ShopRuntime] = {}
+        for config in shops:
+            if config.name in self.shops:
+                raise ValueError(f"shop {config.name!r} is configured twice")
+            self.shops[config.name] = ShopRuntime(config, time_scale, self.anchor, self.cache)
+        self.stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> Simulator:
+        """Listen on 127.0.0.1 (a free port when port=0) and serve in a background thread; returns self."""
+        if self._server is not None:
+            return self
+        simulator = self
+
+        class Handler(RequestHandler):
+            sim = simulator
+
+        self.stopping.clear()
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="shopify-simulator",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; requests that hang or wait are released at once."""
+        if self._server is None:
+            return
+        self.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addresses ---------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """E.g. "http://127.0.0.1:8123" (the port is known once started)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def shop_url(self, shop_name: str) -> str:
+        """The base a client uses instead of https://{shop}.myshopify.com."""
+        self._shop(shop_name)
+        return f"{self.base_url}/shops/{shop_name}"
+
+    # -- run-time control and observation ----------------------------------------------------------
+
+    def _shop(self, shop_name: str) -> ShopRuntime:
+        try:
+            return self.shops[shop_name]
+        except KeyError:
+            raise KeyError(f"no simulated shop named {shop_name!r}") from None
+
+    def set_faults(self, shop_name: str, faults: FaultConfig) -> None:
+        """Serve `faults` on this shop from the next request on (rule counters restart)."""
+        self._shop(shop_name).set_faults(faults)
+
+    def set_state(self, shop_name: str, state: str) -> None:
+        """Make the shop "active", "frozen" (402) or "locked" (423)."""
+        self._shop(shop_name).set_state(state)
+
+    def set_scopes(self, shop_name: str, scopes: tuple[str, ...]) -> None:
+        """Change the scopes granted to the shop's token."""
+        self._shop(shop_name).scopes = tuple(scopes)
+
+    def stats(self, shop_name: str) -> dict[str, Any]:
+        """Counters: requests per endpoint, responses per status, 429s (`throttled`), bucket level."""
+        return self._shop(shop_name).stats()
+
+    def records(self, shop_name: str, data_type: str) -> list[dict[str, Any]]:
+        """The source of truth: every live record as a parsed document (ids stay ints), by id."""
+        data = self._shop(shop_name).data
+        with data.lock:
+            live = [record for record in data.collections[data_type].items if not record.deleted]
+        return [json.loads(data.render_bytes(data_type, record)) for record in live]
+
+    def record_versions(self, shop_name: str, data_type: str) -> dict[int, str]:
+        """A cheap digest of the source of truth: id → updated_at of every live record."""
+        data = self._shop(shop_name).data
+        with data.lock:
+            return {record.id: data.renderer.timestamp(record.updated)
+                    for record in data.collections[data_type].items if not record.deleted}
+
+    def deleted_ids(self, shop_name: str, data_type: str) -> list[int]:
+        """Ids deleted since start, in deletion order."""
+        data = self._shop(shop_name).data
+        subject = {"orders": "Order", "products": "Product", "customers": "Customer"}[data_type]
+        with data.lock:
+            return [event.subject_id for event in data.events.items if event.subject_type == subject]
+
+    def update_records(self, shop_name: str, data_type: str, n: int = 1, seed: int = 0,
+                       ids: list[int] | None = None) -> list[int]:
+        """Update n live records chosen by `seed` (or exactly `ids`); updated_at moves forward. Returns ids."""
+        return self._shop(shop_name).data.update(_check_type(data_type), n, seed, ids)
+
+    def create_records(self, shop_name: str, data_type: str, n: int = 1, seed: int = 0) -> list[int]:
+        """Create n records now, with ids above every existing one. Returns their ids."""
+        return self._shop(shop_name).data.create(_check_type(data_type), n, seed)
+
+    def delete_records(self, shop_name: str, data_type: str, n: int = 1, seed: int = 0,
+                       ids: list[int] | None = None) -> list[int]:
+        """Delete n live records (or exactly `ids`); each shows in events.json. Returns their ids."""
+        return self._shop(shop_name).data.delete(_check_type(data_type), n, seed, ids)
+
+
+def _check_type(data_type: str) -> str:
+    if data_type not in DATA_TYPES:
+        raise ValueError(f"unknown data type {data_type!r}; expected one of {', '.join(DATA_TYPES)}")
+    return data_type
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    """Routes one request; `sim` is set on a subclass per Simulator."""
+
+    sim: Simulator
+    protocol_version = "HTTP/1.1"
+    server_version = "ShopifySimulator/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
+        """Quiet: tests read stats instead of logs."""
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def _send(self, answer: Answer, truncate: bool = False) -> None:
+        self.send_response(answer.status)
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.send_header("X-Request-Id", str(uuid.uuid4()))
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if truncate:
+            # Promise the whole body, deliver part of it, hang up: the client sees an incomplete read.
+            self.wfile.write(answer.body[: len(answer.body) // 2])
+            self.wfile.flush()
+            self._drop_connection()
+            return
+        self.wfile.write(answer.body)
+
+    def _drop_connection(self) -> None:
+        """Close the socket with a TCP reset and no response (linger 0)."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+
+    def _body_json(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        return json.loads(raw) if raw.strip() else {}
+
+    # -- entry points ------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        """Serve Shopify endpoints and the read side of the admin API."""
+        self._route("GET")
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        """Serve the write side of the admin API (Shopify endpoints are read-only here)."""
+        self._route("POST")
+
+    def _route(self, method: str) -> None:
+        split = urlsplit(self.path)
+        if split.path.startswith("/_simulator/"):
+            try:
+                self._send(self._admin(method, split.path))
+            except (ValueError, KeyError, TypeError) as error:
+                self._send(json_answer(400, {"errors": str(error)}))
+            return
+        match = SHOP_PATH.match(split.path)
+        shop = self.sim.shops.get(match["shop"]) if match else None
+        if shop is None or match is None:
+            self._send(json_answer(404, NOT_FOUND))
+            return
+        query = parse_qs(split.query, keep_blank_values=True)
+        self._shop_request(shop, method, match["rest"], query)
+
+    # -- Shopify's side ----------------------------------------------------------------------------
+
+    def _shop_request(self, shop: ShopRuntime, method: str, rest: str,
+                      query: dict[str, list[str]]) -> None:
+        endpoint, version, resource, tail = self._endpoint(rest)
+        shop.count_request(endpoint)
+        page_info = query.get("page_info", [None])[-1]
+        try:
+            limit = int(query.get("limit", ["50"])[-1])
+        except ValueError:
+            limit = 50
+        fault = shop.faults.choose(endpoint, self.sim.tokens.peek_page(page_info), limit)
+        config = shop.faults.config
+        if config.latency_seconds > 0:
+            self.sim.stopping.wait(config.latency_seconds)
+        if fault in ("reset", "hang"):
+            if fault == "hang":
+                self.sim.stopping.wait(config.hang_seconds)
+            shop.count_response(0, fault)
+            self._drop_connection()
+            return
+        answer = self._answer(shop, method, endpoint, version, resource, tail, query, fault)
+        if fault in ("truncate", "malformed") and answer.status == 200:
+            shop.count_response(answer.status, fault)
+            if fault == "malformed":
+                answer.body = answer.body[: max(1, len(answer.body) // 2)]
+            self._send(answer, truncate=fault == "truncate")
+            return
+        applied = fault if fault not in ("truncate", "malformed") and answer.status >= 400 else None
+        shop.count_response(answer.status, applied)
+        self._send(answer)
+
+    @staticmethod
+    def _endpoint(rest: str) -> tuple[str, str | None, str | None, str | None]:
+        """(endpoint name for stats and fault rules, API version, resource, tail) of a shop path."""
+        if rest == "/admin/oauth/access_scopes.json":
+            return "access_scopes", None, None, None
+        match = API_PATH.match(rest)
+        if match is None:
+            return "unknown", None, None, None
+        resource, tail = match["resource"], match["tail"]
+        if tail is None:
+            name = resource
+        elif tail == "count":
+            name = f"{resource}/count"
+        else:
+            name = f"{resource}/show"
+        return name, match["version"], resource, tail
+
+    def _answer(self, shop: ShopRuntime, method: str, endpoint: str, version: str | None,
+                resource: str | None, tail: str | None, query: dict[str, list[str]],
+                fault: str | None) -> Answer:
+        """Checks in Shopify's order (auth, shop state, rate limit, version, scope), then the endpoint."""
+        token = self.headers.get("X-Shopify-Access-Token")
+        if token != shop.token:
+            return json_answer(401, INVALID_TOKEN)
+        if shop.state == "frozen":
+            return json_answer(402, {"errors": "Unavailable Shop"})
+        if shop.state == "locked":
+            return json_answer(423, {"errors": "This shop is unavailable"})
+        bucket = shop.bucket(token)
+        if fault == "429" or not bucket.take():
+            headers = {"Retry-After": bucket.retry_after_header()}
+            if shop.faults.config.call_limit_header_on_429:
+                headers["X-Shopify-Shop-Api-Call-Limit"] = f"{bucket.size}/{bucket.size}"
+            return json_answer(429, THROTTLED, headers)
+        headers = {"X-Shopify-Shop-Api-Call-Limit": bucket.call_limit_header()}
+        answered_version = None
+        if version is not None:
+            answered_version = self._answered_version(shop, version)
+            if answered_version is None:
+                return json_answer(404, NOT_FOUND, headers)
+            headers["X-Shopify-API-Version"] = answered_version
+        if method != "GET" or endpoint == "unknown":
+            return json_answer(404 if method == "GET" else 405, NOT_FOUND, headers)
+        needed = SCOPES_NEEDED.get(resource or "")
+        if needed and needed not in shop.scopes:
+            return json_answer(403, {"errors": f"[API] This action requires merchant approval for {needed} "
+                                               "scope."}, headers)
+        if fault in ("500", "502", "503", "504", "430", "404"):
+            return self._fault_answer(fault, shop, headers)
+        try:
+            return self._resource(shop, endpoint, resource, tail, query, headers, answered_version)
+        except BadRequest as error:
+            return json_answer(400, error.body, headers)
+
+    def _answered_version(self, shop: ShopRuntime, version: str) -> str | None:
+        """The version that answers: itself, the oldest supported if retired, None if unknown."""
+        supported = sorted(shop.config.api_versions)
+        if version == "unstable":
+            return version
+        if not VERSION_FORMAT.match(version) or version > supported[-1]:
+            return None
+        return version if version >= supported[0] else supported[0]
+
+    def _fault_answer(self, fault: str, shop: ShopRuntime, headers: dict[str, str]) -> Answer:
+        status = int(fault)
+        if status == 500:
+            return json_answer(500, {"errors": "Internal Server Error"}, headers)
+        if status == 404:
+            return json_answer(404, NOT_FOUND, headers)
+        if status == 504:
+            self.sim.stopping.wait(shop.faults.config.gateway_timeout_seconds)
+        return Answer(status, HTML_BODIES[status].encode(), headers, "text/html; charset=utf-8")
+
+    def _resource(self, shop: ShopRuntime, endpoint: str, resource: str | None, tail: str | None,
+                  query: dict[str, list[str]], headers: dict[str, str], version: str | None) -> Answer:
+        if endpoint == "access_scopes":
+            scopes = [{"handle": scope} for scope in shop.scopes]
+            return json_answer(200, {"access_scopes": scopes}, headers)
+        if endpoint == "shop":
+            return json_answer(200, {"shop": self._shop_document(shop)}, headers)
+        if resource not in (*DATA_TYPES, "events"):
+            return json_answer(404, NOT_FOUND, headers)
+        if tail == "count":
+            filters = parse_filters(resource, query, shop.data.renderer.tz)
+            matches = record_filter(filters, self._window(shop, resource))
+            collection = shop.data.events if resource == "events" else shop.data.collections[resource]
+            with shop.data.lock:
+                return json_answer(200, {"count": collection.count(matches)}, headers)
+        if tail is not None:
+            return self._show(shop, resource, tail, query, headers)
+        request = parse_list_request(resource, query, self.sim.tokens, shop.data.renderer.tz)
+        return self._list(shop, resource, request, headers, version or "")
+
+    @staticmethod
+    def _window(shop: ShopRuntime, resource: str) -> int | None:
+        """The oldest visible created_at: orders are limited to 60 days without read_all_orders."""
+        if resource == "orders" and "read_all_orders" not in shop.scopes:
+            return sixty_days_ago(time.time())
+        return None
+
+    def _show(self, shop: ShopRuntime, resource: str, tail: str, query: dict[str, list[str]],
+              headers: dict[str, str]) -> Answer:
+        if resource == "events" or not tail.isdigit():
+            return json_answer(404, NOT_FOUND, headers)
+        data = shop.data
+        with data.lock:
+            record = data.collections[resource].by_id.get(int(tail))
+            window = self._window(shop, resource)
+            if record is None or record.deleted or (window is not None and record.created < window):
+                return json_answer(404, NOT_FOUND, headers)
+            body = data.render_bytes(resource, record)
+        fields = query.get("fields", [""])[-1]
+        singular = resource[:-1]
+        if fields:
+            document = _pick(json.loads(body), fields.split(","))
+            return json_answer(200, {singular: document}, headers)
+        return Answer(200, b'{"' + singular.encode() + b'":' + body + b"}", headers)
+
+    def _list(self, shop: ShopRuntime, resource: str, request: ListRequest, headers: dict[str, str],
+              version: str) -> Answer:
+        data = shop.data
+        matches = record_filter(request.filters, self._window(shop, resource))
+        collection = data.events if resource == "events" else data.collections[resource]
+        with data.lock:
+            found, more = collection.page(request, matches)
+            # Snapshot what to render while the lock guarantees versions match timestamps.
+            if resource == "events":
+                documents = [dumps(_pick(data.render_event(event), request.fields)) for event in found]
+            elif request.fields:
+                documents = [dumps(_pick(data.renderer.render(resource, record), request.fields))
+                             for record in found]
+            else:
+                pinned = [(record, record.version) for record in found]
+        if resource != "events" and not request.fields:
+            documents = [data.render_bytes(resource, record) for record, _ in pinned]
+        sort_attribute = {"id": "id", "created_at": "created", "updated_at": "updated"}[request.order[0]]
+
+        def cursor(item: Any) -> tuple[int, int]:
+            return getattr(item, sort_attribute), item.id
+
+        after = cursor(found[-1]) if found and (more or request.direction == "prev") else None
+        before = None
+        if found and request.cursor is not None and (request.direction == "next" or more):
+            before = cursor(found[0])
+        url = f"{self.sim.shop_url(shop.name)}/admin/api/{version}/{resource}.json"
+        link = link_header(url, request, self.sim.tokens, before, after)
+        if link:
+            headers["Link"] = link
+        body = b'{"' + resource.encode() + b'":[' + b",".join(documents) + b"]}"
+        return Answer(200, body, headers)
+
+    def _shop_document(self, shop: ShopRuntime) -> dict[str, Any]:
+        offset = shop.config.timezone_offset_minutes
+        sign = "-" if offset < 0 else "+"
+        hours, minutes = divmod(abs(offset), 60)
+        return {
+            "id": 548_380_009 + sum(shop.name.encode()),
+            "name": shop.name,
+            "email": f"owner@{shop.name}.example.com",
+            "domain": f"{shop.name}.myshopify.com",
+            "myshopify_domain": f"{shop.name}.myshopify.com",
+            "plan_name": shop.config.plan,
+            "plan_display_name": shop.config.plan.title(),
+            "timezone": f"(GMT{sign}{hours:02d}:{minutes:02d}) Simulated Time",
+            "iana_timezone": "America/New_York" if offset == -300 else "Etc/Unknown",
+            "currency": "USD",
+            "money_format": "${{amount}}",
+            "created_at": shop.data.renderer.timestamp(self.sim.anchor - shop.config.history_days * 86_400),
+            "password_enabled": False,
+            "country_code": "US",
+        }
+
+    # -- the simulator's own admin API -------------------------------------------------------------
+
+    def _admin(self, method: str, path: str) -> Answer:
+        if path == "/_simulator/shops":
+            shops = [{"name": name, "url": self.sim.shop_url(name), "token": shop.token}
+                     for name, shop in self.sim.shops.items()]
+            return json_answer(200, {"shops": shops})
+        match = ADMIN_PATH.match(path)
+        if match is None or match["shop"] not in self.sim.shops:
+            return json_answer(404, NOT_FOUND)
+        name, what = match["shop"], match["what"]
+        shop = self.sim.shops[name]
+        if what == "stats" and method == "GET":
+            return json_answer(200, self.sim.stats(name))
+        if what == "faults":
+            if method == "POST":
+                shop.set_faults(FaultConfig.from_dict(self._body_json()))
+            return json_answer(200, shop.faults.config.to_dict())
+        if what == "state" and method == "POST":
+            body = self._body_json()
+            if "state" in body:
+                shop.set_state(body["state"])
+            if "scopes" in body:
+                shop.scopes = tuple(body["scopes"])
+            return json_answer(200, {"state": shop.state, "scopes": list(shop.scopes)})
+        if what == "records" and match["type"] in DATA_TYPES:
+            return self._admin_records(method, name, match["type"], match["action"])
+        return json_answer(404, NOT_FOUND)
+
+    def _admin_records(self, method: str, name: str, data_type: str, action: str | None) -> Answer:
+        if method == "GET" and action is None:
+            return json_answer(200, {data_type: self.sim.records(name, data_type)})
+        if method == "GET" and action == "versions":
+            versions = self.sim.record_versions(name, data_type)
+            return json_answer(200, {"versions": {str(key): value for key, value in versions.items()}})
+        if method == "POST" and action in ("update", "create", "delete"):
+            body = self._body_json()
+            n, seed = int(body.get("n", 1)), int(body.get("seed", 0))
+            if action == "create":
+                ids = self.sim.create_records(name, data_type, n, seed)
+            else:
+                mutate = self.sim.update_records if action == "update" else self.sim.delete_records
+                ids = mutate(name, data_type, n, seed, body.get("ids"))
+            return json_answer(200, {"ids": ids})
+        return json_answer(404, NOT_FOUND)
+
+
+def _pick(document: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
+    """Only the requested top-level keys, in the document's order (what `fields=` does)."""
+    if not fields:
+        return document
+    wanted = {name.strip() for name in fields}
+    return {key: value for key, value in document.items() if key in wanted}

@@ -1,0 +1,89 @@
+"""One simulated shop at run time: its data, state, scopes, rate-limit buckets, faults and counters."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+from shopify_pipeline.simulator.bucket import LeakyBucket
+from shopify_pipeline.simulator.config import DATA_TYPES, PLANS, SHOP_STATES, FaultConfig, ShopConfig
+from shopify_pipeline.simulator.data import Renderer, generate
+from shopify_pipeline.simulator.faults import FaultPlan
+from shopify_pipeline.simulator.store import RenderCache, ShopData
+
+
+class ShopRuntime:
+    """A shop as the server sees it; every method is safe to call from several threads."""
+
+    def __init__(self, config: ShopConfig, time_scale: float, anchor: int, cache: RenderCache) -> None:
+        self.config = config
+        self.name = config.name
+        self.token = config.token
+        self.state = config.state
+        self.scopes = tuple(config.scopes)
+        self.time_scale = time_scale
+        counts = {"orders": config.orders, "products": config.products, "customers": config.customers}
+        collections = {
+            data_type: generate(data_type, counts[data_type], config.seed, anchor, config.history_days,
+                                config.large_order_every, config.large_order_line_items)
+            for data_type in DATA_TYPES
+        }
+        renderer = Renderer(config.name, config.seed, config.timezone_offset_minutes, config.products,
+                            config.customers)
+        self.data = ShopData(renderer, collections, config.seed, config.large_order_every,
+                             config.large_order_line_items, cache)
+        self.faults = FaultPlan(config.faults)
+        self._buckets: dict[str, LeakyBucket] = {}
+        self._lock = threading.Lock()
+        self._requests: Counter[str] = Counter()
+        self._statuses: Counter[str] = Counter()
+        self._faults_served: Counter[str] = Counter()
+
+    def bucket(self, token: str) -> LeakyBucket:
+        """The leaky bucket of (this shop, `token`), created on first use from the shop's plan."""
+        with self._lock:
+            if token not in self._buckets:
+                size, leak = PLANS[self.config.plan]
+                self._buckets[token] = LeakyBucket(size, leak, self.time_scale)
+            return self._buckets[token]
+
+    def set_state(self, state: str) -> None:
+        """Make the shop active, frozen (402) or locked (423)."""
+        if state not in SHOP_STATES:
+            raise ValueError(f"unknown shop state {state!r}; expected one of {', '.join(SHOP_STATES)}")
+        self.state = state
+
+    def set_faults(self, faults: FaultConfig) -> None:
+        """Serve these faults from the next request on."""
+        self.faults.set(faults)
+
+    def count_request(self, endpoint: str) -> None:
+        """Count one request to `endpoint` (e.g. "orders", "orders/count")."""
+        with self._lock:
+            self._requests[endpoint] += 1
+
+    def count_response(self, status: int, fault: str | None) -> None:
+        """Count one answer (status 0 for a dropped connection) and the fault that shaped it."""
+        with self._lock:
+            self._statuses[str(status)] += 1
+            if fault:
+                self._faults_served[fault] += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for tests: requests per endpoint, answers per status, 429s, faults, bucket level."""
+        bucket = self.bucket(self.token)
+        with self._lock:
+            return {
+                "requests": dict(self._requests),
+                "total_requests": sum(self._requests.values()),
+                "responses": dict(self._statuses),
+                "throttled": self._statuses.get("429", 0),
+                "faults_served": dict(self._faults_served),
+                "bucket_level": round(bucket.level(), 3),
+                "bucket_size": bucket.size,
+                "leak_per_second": bucket.leak_per_second * bucket.time_scale,
+                "state": self.state,
+                "records": {data_type: collection.count(lambda _: True)
+                            for data_type, collection in self.data.collections.items()},
+            }

@@ -1,0 +1,264 @@
+"""A shop's source of truth per data type: compact records, sorted views, mutations and keyset queries."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from shopify_pipeline.simulator.data import Record, Renderer, initial_state, record_id, record_size
+from shopify_pipeline.simulator.paging import ListRequest
+
+# Query field → Record attribute holding epoch seconds (or the id itself).
+SORT_ATTRIBUTES = {"id": "id", "created_at": "created", "updated_at": "updated"}
+SUBJECT_TYPES = {"orders": "Order", "products": "Product", "customers": "Customer"}
+
+
+def dumps(document: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON; Python ints are written exactly, whatever their size."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class RenderCache:
+    """Rendered JSON of (data type, id, version), least recently used dropped beyond `max_bytes`."""
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int, int]) -> bytes | None:
+        """The cached JSON, or None."""
+        with self._lock:
+            body = self._items.get(key)
+            if body is not None:
+                self._items.move_to_end(key)
+            return body
+
+    def put(self, key: tuple[str, int, int], body: bytes) -> None:
+        """Remember `body`, evicting the oldest entries past the byte budget."""
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = body
+            self._bytes += len(body)
+            while self._bytes > self.max_bytes and self._items:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= len(old)
+
+
+class Event:
+    """An entry of events.json; only deletions are recorded (what clients need to find deletes)."""
+
+    __slots__ = ("id", "created", "updated", "subject_type", "subject_id", "verb", "name", "deleted")
+
+    def __init__(self, id_: int, created: int, subject_type: str, subject_id: int, verb: str,
+                 name: str) -> None:
+        self.id = id_
+        self.created = created
+        self.updated = created
+        self.subject_type = subject_type
+        self.subject_id = subject_id
+        self.verb = verb
+        self.name = name
+        self.deleted = False
+
+
+class Collection:
+    """Records of one kind sorted by id, with lazily built views sorted by (timestamp, id)."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self.by_id = {item.id: item for item in items}
+        self._views: dict[str, tuple[list[tuple[int, int]], list[Any]]] = {}
+
+    def changed(self) -> None:
+        """Forget sorted views after a mutation; the next query rebuilds the one it needs."""
+        self._views.clear()
+
+    def view(self, sort_field: str) -> tuple[list[tuple[int, int]], list[Any]]:
+        """(keys, items) sorted by (sort value, id); keys are what a page_info cursor compares with."""
+        attribute = SORT_ATTRIBUTES[sort_field]
+        if attribute not in self._views:
+            items = self.items if attribute == "id" else sorted(
+                self.items, key=lambda item: (getattr(item, attribute), item.id))
+            self._views[attribute] = ([(getattr(item, attribute), item.id) for item in items], items)
+        return self._views[attribute]
+
+    def page(self, request: ListRequest, matches: Callable[[Any], bool]) -> tuple[list[Any], bool]:
+        """Up to `limit` matching items after (or before) the cursor in the request's order.
+
+        Returns the items in the request's order and whether more matching items lie beyond them.
+        Keyset on (sort value, id) keeps paging gap-free while records change: an item updated
+        mid-sync moves past the cursor and is served again rather than skipped.
+        """
+        keys, items = self.view(request.order[0])
+        ascending = (request.order[1] == "asc") == (request.direction == "next")
+        cursor = request.cursor
+        if ascending:
+            start = bisect_right(keys, cursor) if cursor is not None else 0
+            indexes: Iterator[int] = iter(range(start, len(items)))
+        else:
+            start = bisect_left(keys, cursor) - 1 if cursor is not None else len(items) - 1
+            indexes = iter(range(start, -1, -1))
+        found: list[Any] = []
+        for index in indexes:
+            item = items[index]
+            if not item.deleted and matches(item):
+                if len(found) == request.limit:
+                    more = True
+                    break
+                found.append(item)
+        else:
+            more = False
+        if request.direction == "prev":
+            found.reverse()
+        return found, more
+
+    def count(self, matches: Callable[[Any], bool]) -> int:
+        """How many live items match."""
+        return sum(1 for item in self.items if not item.deleted and matches(item))
+
+
+def record_filter(filters: dict[str, Any], oldest_created: int | None) -> Callable[[Any], bool]:
+    """A predicate for the JSON-ready filters of a ListRequest (and the 60-day window, if any)."""
+    checks: list[Callable[[Any], bool]] = []
+    if "status" in filters and "any" not in filters["status"]:
+        statuses = set(filters["status"])
+        checks.append(lambda item: item.state in statuses)
+    bounds = (("created_at_min", "created", True), ("created_at_max", "created", False),
+              ("updated_at_min", "updated", True), ("updated_at_max", "updated", False))
+    for name, attribute, is_min in bounds:
+        if name in filters:
+            limit = filters[name]
+            if is_min:
+                checks.append(lambda item, a=attribute, v=limit: getattr(item, a) >= v)
+            else:
+                checks.append(lambda item, a=attribute, v=limit: getattr(item, a) <= v)
+    if oldest_created is not None:
+        checks.append(lambda item: item.created >= oldest_created)
+    if "since_id" in filters:
+        since = filters["since_id"]
+        checks.append(lambda item: item.id > since)
+    if "ids" in filters:
+        ids = set(filters["ids"])
+        checks.append(lambda item: item.id in ids)
+    if "filter" in filters:
+        subjects = set(filters["filter"])
+        checks.append(lambda item: item.subject_type in subjects)
+    if "verb" in filters:
+        verbs = set(filters["verb"])
+        checks.append(lambda item: item.verb in verbs)
+    return lambda item: all(check(item) for check in checks)
+
+
+class ShopData:
+    """Every collection of one shop, its renderer and event log; callers hold `lock` while querying."""
+
+    def __init__(self, renderer: Renderer, collections: dict[str, list[Record]], seed: int,
+                 large_every: int, large_size: int, cache: RenderCache) -> None:
+        self.renderer = renderer
+        self.collections = {name: Collection(items) for name, items in collections.items()}
+        self.events = Collection([])
+        self.seed = seed
+        self.large_every = large_every
+        self.large_size = large_size
+        self.cache = cache
+        self.lock = threading.RLock()
+
+    def render_bytes(self, data_type: str, record: Record) -> bytes:
+        """The JSON of a record at its current version (from the cache when possible)."""
+        key = (f"{self.renderer.shop}/{data_type}", record.id, record.version)
+        body = self.cache.get(key)
+        if body is None:
+            body = dumps(self.renderer.render(data_type, record))
+            self.cache.put(key, body)
+        return body
+
+    def render_event(self, event: Event) -> dict[str, Any]:
+        """An events.json entry for a deletion, as Shopify shapes it."""
+        path = {"Order": "orders", "Product": "products", "Customer": "customers"}[event.subject_type]
+        return {
+            "id": event.id,
+            "subject_id": event.subject_id,
+            "created_at": self.renderer.timestamp(event.created),
+            "subject_type": event.subject_type,
+            "verb": event.verb,
+            "arguments": [event.name],
+            "body": None,
+            "message": f"{event.subject_type} {event.name} was deleted.",
+            "author": "Shopify",
+            "description": f"{event.subject_type} {event.name} was deleted.",
+            "path": f"/admin/{path}/{event.subject_id}",
+        }
+
+    def _now(self, floor: int) -> int:
+        """The current epoch second, but never at or before `floor` (so updated_at moves forward)."""
+        return max(int(time.time()), floor + 1)
+
+    def update(self, data_type: str, n: int, seed: int, ids: list[int] | None = None) -> list[int]:
+        """Bump `n` live records (chosen by `seed`, or exactly `ids`): new version, later updated_at.
+
+        Orders may also change state (open → closed) as real orders do. Returns the ids updated.
+        """
+        with self.lock:
+            collection = self.collections[data_type]
+            chosen = self._choose(collection, n, seed, ids)
+            rng = random.Random(f"update:{seed}")
+            for record in chosen:
+                record.version += 1
+                record.updated = self._now(record.updated)
+                if data_type == "orders" and record.state == "open" and rng.random() < 0.3:
+                    record.state = "closed"
+            collection.changed()
+            return [record.id for record in chosen]
+
+    def create(self, data_type: str, n: int, seed: int) -> list[int]:
+        """Add `n` records created now (ids above every existing one). Returns their ids."""
+        with self.lock:
+            collection = self.collections[data_type]
+            rng = random.Random(f"create:{seed}")
+            created_ids = []
+            for _ in range(n):
+                index = len(collection.items)
+                last = collection.items[-1].created if collection.items else 0
+                now = self._now(last - 1)
+                state = "open" if data_type == "orders" else initial_state(data_type, rng)
+                size = record_size(data_type, index, rng, self.large_every, self.large_size)
+                record = Record(record_id(data_type, index), index, now, now, state, size)
+                collection.items.append(record)
+                collection.by_id[record.id] = record
+                created_ids.append(record.id)
+            collection.changed()
+            return created_ids
+
+    def delete(self, data_type: str, n: int, seed: int, ids: list[int] | None = None) -> list[int]:
+        """Delete `n` live records (or exactly `ids`); each deletion appears in events.json."""
+        with self.lock:
+            collection = self.collections[data_type]
+            chosen = self._choose(collection, n, seed, ids)
+            for record in chosen:
+                record.deleted = True
+                event_id = record_id("events", len(self.events.items))
+                name = f"#{1001 + record.index}" if data_type == "orders" else str(record.id)
+                event = Event(event_id, self._now(record.updated - 1), SUBJECT_TYPES[data_type], record.id,
+                              "destroy", name)
+                self.events.items.append(event)
+                self.events.by_id[event.id] = event
+            collection.changed()
+            self.events.changed()
+            return [record.id for record in chosen]
+
+    def _choose(self, collection: Collection, n: int, seed: int, ids: list[int] | None) -> list[Record]:
+        if ids is not None:
+            found = (collection.by_id.get(wanted) for wanted in ids)
+            return [record for record in found if record is not None and not record.deleted]
+        live = [record for record in collection.items if not record.deleted]
+        chosen = random.Random(f"choose:{seed}").sample(live, min(n, len(live)))
+        return sorted(chosen, key=lambda record: record.id)
