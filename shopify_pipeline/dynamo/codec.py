@@ -1,0 +1,234 @@
+"""Shopify JSON documents ↔ DynamoDB items, without losing a digit or a byte.
+
+- JSON is parsed with `Decimal` for fractions and `int` for integers, never through float, so ids above
+  2^53 and rates like 0.06 stay exact (boto3 rejects floats anyway).
+- A record's item carries a few top-level attributes for querying and the whole document, stored
+  natively as a map when it fits, else zlib-compressed, else compressed and split into chunk items in
+  the documents table. No item we write exceeds `max_item_bytes` (below DynamoDB's 400 KB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+CHUNK_BYTES = 350_000
+
+# Top-level attributes copied beside the document so that people can query and filter on them.
+QUERY_ATTRIBUTES: dict[str, dict[str, str]] = {
+    "orders": {
+        "name": "name", "email": "email", "financial_status": "financialStatus",
+        "fulfillment_status": "fulfillmentStatus", "total_price": "totalPrice", "currency": "currency",
+        "cancelled_at": "cancelledAt", "closed_at": "closedAt",
+    },
+    "products": {"title": "title", "status": "status", "vendor": "vendor", "product_type": "productType"},
+    "customers": {"email": "email", "state": "state", "first_name": "firstName", "last_name": "lastName"},
+}
+
+
+class CodecError(ValueError):
+    """A document or item is not what the codec expects (no `id`, a corrupt chunk)."""
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parse JSON keeping integers exact (int) and fractions exact (Decimal)."""
+    return json.loads(text, parse_float=Decimal)
+
+
+def dumps_json(value: Any) -> str:
+    """Compact JSON for values from `parse_json` (Decimal written digit for digit)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{dumps_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(dumps_json(v) for v in value) + "]"
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise CodecError(f"{value} cannot be written as JSON")
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def compress(value: Any) -> bytes:
+    return zlib.compress(dumps_json(value).encode(), 6)
+
+
+def decompress(data: bytes) -> Any:
+    return parse_json(zlib.decompress(data))
+
+
+def to_utc(timestamp: str | None) -> str | None:
+    """Shopify's local-offset timestamps as UTC ISO-8601 (`...Z`), so that they sort and compare."""
+    if not timestamp:
+        return None
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def serialize(value: Any) -> dict:
+    """One Python value as a DynamoDB attribute value (wire format)."""
+    return _serializer.serialize(value)
+
+
+def deserialize(attribute: dict) -> Any:
+    """One DynamoDB attribute value as Python, integral numbers as int."""
+    return _plain(_deserializer.deserialize(attribute))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and value.as_tuple().exponent >= 0 else value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bytes, bytearray)) or type(value).__name__ == "Binary":
+        return bytes(value)
+    return value
+
+
+def item_size(item: dict) -> int:
+    """An upper bound of DynamoDB's size of a wire-format item (its JSON, with type tags)."""
+    return sum(len(name.encode()) + _wire_size(value) for name, value in item.items())
+
+
+def _wire_size(attribute: dict) -> int:
+    (kind, value), = attribute.items()
+    if kind == "B":
+        return len(value) + 3
+    if kind == "M":
+        return 3 + sum(len(k.encode()) + 1 + _wire_size(v) for k, v in value.items())
+    if kind == "L":
+        return 3 + sum(1 + _wire_size(v) for v in value)
+    if kind in ("S", "N"):
+        return len(value.encode()) + 1
+    return 1
+
+
+def _native_ok(value: Any) -> bool:
+    """Whether DynamoDB can hold `value` as a native map: no empty map keys, and numbers within
+    38 significant digits and magnitudes 1E-130 .. 1E+126. Anything else is stored compressed."""
+    if isinstance(value, dict):
+        return all(k != "" and _native_ok(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_native_ok(v) for v in value)
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (int, Decimal)):
+        number = Decimal(value)
+        if number.is_zero():
+            return True
+        return len(number.normalize().as_tuple().digits) <= 38 and -130 <= number.adjusted() <= 125
+    return True
+
+
+@dataclass
+class EncodedRecord:
+    """A record as items: `chunks` (documents table) must be written before `item` (record table)."""
+
+    record_id: int
+    item: dict
+    chunks: list[dict] = field(default_factory=list)
+
+
+def document_key(table: str, user_id: str, record_id: int) -> str:
+    return f"{table}#{user_id}#{record_id}"
+
+
+def encode_record(
+    table: str, user_id: str, data_type: str, doc: dict, max_item_bytes: int = 380_000
+) -> EncodedRecord:
+    """The items that store `doc` (a Shopify order, product or customer) for `user_id`."""
+    record_id = doc.get("id")
+    if not isinstance(record_id, int):
+        raise CodecError(f"a Shopify {data_type} record has no integer `id`: {dumps_json(doc)[:200]}")
+    item = {"userId": {"S": user_id}, "id": {"N": str(record_id)}}
+    for name, value in (("createdAt", to_utc(doc.get("created_at"))), ("updatedAt", to_utc(doc.get("updated_at")))):
+        if value:
+            item[name] = {"S": value}
+    for source, attribute in QUERY_ATTRIBUTES.get(data_type, {}).items():
+        value = doc.get(source)
+        if isinstance(value, (str, int, Decimal)) and not isinstance(value, bool) and value != "":
+            item[attribute] = serialize(value)
+    base_size = item_size(item)
+
+    if _native_ok(doc):
+        try:
+            native = serialize(doc)
+        except (TypeError, ValueError, ArithmeticError):  # a number beyond DynamoDB's 38 digits
+            native = None
+        if native is not None and base_size + 4 + _wire_size(native) <= max_item_bytes:
+            return EncodedRecord(record_id, {**item, "doc": native})
+
+    packed = compress(doc)
+    if base_size + 5 + len(packed) + 3 <= max_item_bytes:
+        return EncodedRecord(record_id, {**item, "docZ": {"B": packed}})
+
+    key = document_key(table, user_id, record_id)
+    chunks = chunk_items(key, packed)
+    item.update(
+        docChunks={"N": str(len(chunks))},
+        docSha256={"S": hashlib.sha256(packed).hexdigest()},
+    )
+    return EncodedRecord(record_id, item, chunks)
+
+
+def chunk_items(key: str, data: bytes, ttl: int | None = None) -> list[dict]:
+    """`data` split into documents-table items of at most CHUNK_BYTES each."""
+    items = []
+    for number, start in enumerate(range(0, max(len(data), 1), CHUNK_BYTES)):
+        chunk = {"documentKey": {"S": key}, "chunk": {"N": str(number)}, "data": {"B": data[start:start + CHUNK_BYTES]}}
+        if ttl:
+            chunk["ttl"] = {"N": str(ttl)}
+        items.append(chunk)
+    return items
+
+
+def join_chunks(key: str, chunks: Iterable[dict], expected: int, sha256: str | None = None) -> bytes:
+    """Reassemble what `chunk_items` split, checking count and digest."""
+    ordered = sorted(chunks, key=lambda c: int(c["chunk"]["N"]))
+    if len(ordered) != expected:
+        raise CodecError(f"document {key} should have {expected} chunks, found {len(ordered)}")
+    data = b"".join(bytes(_b(c["data"])) for c in ordered)
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise CodecError(f"document {key} is corrupt: its chunks do not match the stored digest")
+    return data
+
+
+def _b(attribute: dict) -> bytes:
+    value = attribute["B"]
+    return value.value if hasattr(value, "value") else value
+
+
+def decode_record(
+    item: dict, table: str, read_chunks: Callable[[str, int], list[dict]] | None = None
+) -> dict:
+    """The Shopify document stored in an item of record table `table`.
+
+    `read_chunks(key, count)` returns the chunk items of a chunked document.
+    """
+    if "doc" in item:
+        return deserialize(item["doc"])
+    if "docZ" in item:
+        return decompress(bytes(_b(item["docZ"])))
+    if "docChunks" in item:
+        if read_chunks is None:
+            raise CodecError("this record is chunked; pass read_chunks to decode it")
+        count = int(item["docChunks"]["N"])
+        key = document_key(table, item["userId"]["S"], int(item["id"]["N"]))
+        data = join_chunks(key, read_chunks(key, count), count, item.get("docSha256", {}).get("S"))
+        return decompress(data)
+    raise CodecError(f"item {item.get('userId')}/{item.get('id')} holds no document")
+

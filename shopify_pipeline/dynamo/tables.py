@@ -1,0 +1,85 @@
+"""The tables of DESIGN.md and an idempotent `create_tables`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shopify_pipeline.dynamo.client import translate_errors
+from shopify_pipeline.settings import TableNames
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    hash_key: tuple[str, str]  # (attribute name, type S|N|B)
+    range_key: tuple[str, str] | None = None
+    ttl_attribute: str | None = None
+
+
+def table_specs(names: TableNames) -> list[TableSpec]:
+    """Every table the pipeline uses, with its keys and TTL attribute."""
+    records = [TableSpec(names.records(data_type), ("userId", "S"), ("id", "N")) for data_type in
+               ("orders", "products", "customers")]
+    return [
+        TableSpec(names.checkpoints, ("userId", "S"), ("syncType", "S"), ttl_attribute="ttl"),
+        *records,
+        TableSpec(names.pages, ("syncKey", "S"), ("page", "N"), ttl_attribute="ttl"),
+        TableSpec(names.connections, ("userId", "S")),
+        TableSpec(names.documents, ("documentKey", "S"), ("chunk", "N"), ttl_attribute="ttl"),
+    ]
+
+
+def create_tables(client, names: TableNames) -> dict[str, str]:
+    """Create missing tables (on-demand billing), wait until ACTIVE, enable TTL.
+
+    Returns {table name: "created" | "exists"}. Safe to run any number of times.
+    """
+    outcome: dict[str, str] = {}
+    specs = table_specs(names)
+    with translate_errors(names.checkpoints, client.meta.endpoint_url):
+        existing = set(_list_tables(client))
+    for spec in specs:
+        with translate_errors(spec.name, client.meta.endpoint_url):
+            if spec.name in existing:
+                outcome[spec.name] = "exists"
+                continue
+            keys = [spec.hash_key] + ([spec.range_key] if spec.range_key else [])
+            client.create_table(
+                TableName=spec.name,
+                BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, t in keys],
+                KeySchema=[
+                    {"AttributeName": n, "KeyType": kind} for (n, _), kind in zip(keys, ("HASH", "RANGE"), strict=False)
+                ],
+            )
+            outcome[spec.name] = "created"
+    for spec in specs:
+        with translate_errors(spec.name, client.meta.endpoint_url):
+            client.get_waiter("table_exists").wait(TableName=spec.name, WaiterConfig={"Delay": 1})
+            if spec.ttl_attribute:
+                _enable_ttl(client, spec.name, spec.ttl_attribute)
+    return outcome
+
+
+def _list_tables(client) -> list[str]:
+    names: list[str] = []
+    for page in client.get_paginator("list_tables").paginate():
+        names.extend(page["TableNames"])
+    return names
+
+
+def _enable_ttl(client, table: str, attribute: str) -> None:
+    current = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    if current.get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
+        return
+    client.update_time_to_live(
+        TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute}
+    )
+
+
+def delete_tables(client, names: TableNames) -> None:
+    """Delete every pipeline table that exists (tests and `--reset` only)."""
+    existing = set(_list_tables(client))
+    for spec in table_specs(names):
+        if spec.name in existing:
+            client.delete_table(TableName=spec.name)
