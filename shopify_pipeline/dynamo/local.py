@@ -134,6 +134,7 @@ class LocalDynamoDB:
                 "-jar", str(jar_dir / "DynamoDBLocal.jar"), *storage, "-sharedDb", "-port", str(self.port),
             ],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            cwd=self.data_dir or jar_dir,  # it leaves a metadata file in its working directory
         )
         self._wait_until_answering(timeout)
         return self

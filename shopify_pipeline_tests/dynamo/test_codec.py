@@ -4,7 +4,9 @@ import random
 import string
 from decimal import Decimal
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from shopify_pipeline.dynamo.batch_writer import BatchWriter
 from shopify_pipeline.dynamo.codec import (
