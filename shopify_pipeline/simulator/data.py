@@ -43,8 +43,16 @@ TAGS = ("vip", "wholesale", "Älterer Kunde", "repeat", "gift 🎁", "b2b", "new
 NOTES = (None, None, None, "Leave at the door", "Geschenkverpackung bitte ✨", "Call before delivery")
 
 
+US = 1_000_000
+
+
 class Record:
-    """The in-memory spec of one record; everything else in its document follows from these fields."""
+    """The in-memory spec of one record; everything else in its document follows from these fields.
+
+    `created` and `updated` are epoch microseconds: documents show whole seconds, but sorting on the
+    finer value lets every change land after every earlier one, so keyset paging never skips a record
+    updated in the same second as the cursor.
+    """
 
     __slots__ = ("id", "index", "created", "updated", "state", "size", "version", "deleted")
 
@@ -104,6 +112,7 @@ def generate(data_type: str, count: int, seed: int, anchor: int, history_days: i
     for index, offset in enumerate(times):
         created = int(start + offset * scale)
         updated = created if rng.random() < 0.4 else min(anchor, created + rng.randrange(1, 30 * 86_400))
+        created, updated = created * US, updated * US
         state = initial_state(data_type, rng)
         size = record_size(data_type, index, rng, large_every, large_size)
         records.append(Record(record_id(data_type, index), index, created, updated, state, size))
@@ -120,11 +129,9 @@ class Renderer:
         self.products = max(products, 50)
         self.customers = max(customers, 50)
 
-    def timestamp(self, epoch: int | None) -> str | None:
-        """An epoch second in the shop's local offset, e.g. "2024-01-10T11:00:00-05:00"."""
-        if epoch is None:
-            return None
-        return datetime.fromtimestamp(epoch, self.tz).isoformat()
+    def timestamp(self, epoch_us: int) -> str:
+        """Epoch microseconds as a whole second in the shop's offset, e.g. "2024-01-10T11:00:00-05:00"."""
+        return datetime.fromtimestamp(epoch_us // US, self.tz).isoformat()
 
     def _rng(self, data_type: str, record: Record) -> random.Random:
         return random.Random(f"{self.seed}:{data_type}:{record.index}:{record.version}")

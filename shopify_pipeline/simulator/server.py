@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from shopify_pipeline.simulator.config import DATA_TYPES, FaultConfig, ShopConfig
+from shopify_pipeline.simulator.data import US
 from shopify_pipeline.simulator.faults import HTML_BODIES
 from shopify_pipeline.simulator.paging import (
     BadRequest,
@@ -410,7 +411,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         with data.lock:
             record = data.collections[resource].by_id.get(int(tail))
             window = self._window(shop, resource)
-            if record is None or record.deleted or (window is not None and record.created < window):
+            if record is None or record.deleted or (window is not None and record.created < window * US):
                 return json_answer(404, NOT_FOUND, headers)
             body = data.render_bytes(resource, record)
         fields = query.get("fields", [""])[-1]
@@ -425,8 +426,12 @@ class RequestHandler(BaseHTTPRequestHandler):
         data = shop.data
         matches = record_filter(request.filters, self._window(shop, resource))
         collection = data.events if resource == "events" else data.collections[resource]
+        sort_attribute = {"id": "id", "created_at": "created", "updated_at": "updated"}[request.order[0]]
         with data.lock:
             found, more = collection.page(request, matches)
+            # Cursors come from the keys as served: a record may change the moment the lock is released.
+            first_key = (getattr(found[0], sort_attribute), found[0].id) if found else None
+            last_key = (getattr(found[-1], sort_attribute), found[-1].id) if found else None
             # Snapshot what to render while the lock guarantees versions match timestamps.
             if resource == "events":
                 documents = [dumps(_pick(data.render_event(event), request.fields)) for event in found]
@@ -437,15 +442,8 @@ class RequestHandler(BaseHTTPRequestHandler):
                 pinned = [(record, record.version) for record in found]
         if resource != "events" and not request.fields:
             documents = [data.render_bytes(resource, record) for record, _ in pinned]
-        sort_attribute = {"id": "id", "created_at": "created", "updated_at": "updated"}[request.order[0]]
-
-        def cursor(item: Any) -> tuple[int, int]:
-            return getattr(item, sort_attribute), item.id
-
-        after = cursor(found[-1]) if found and (more or request.direction == "prev") else None
-        before = None
-        if found and request.cursor is not None and (request.direction == "next" or more):
-            before = cursor(found[0])
+        after = last_key if more or request.direction == "prev" else None
+        before = first_key if request.cursor is not None and (request.direction == "next" or more) else None
         url = f"{self.sim.shop_url(shop.name)}/admin/api/{version}/{resource}.json"
         link = link_header(url, request, self.sim.tokens, before, after)
         if link:
@@ -469,7 +467,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             "iana_timezone": "America/New_York" if offset == -300 else "Etc/Unknown",
             "currency": "USD",
             "money_format": "${{amount}}",
-            "created_at": shop.data.renderer.timestamp(self.sim.anchor - shop.config.history_days * 86_400),
+            "created_at": shop.data.renderer.timestamp((self.sim.anchor - shop.config.history_days * 86_400) * US),
             "password_enabled": False,
             "country_code": "US",
         }

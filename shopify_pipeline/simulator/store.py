@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from shopify_pipeline.simulator.data import Record, Renderer, initial_state, record_id, record_size
+from shopify_pipeline.simulator.data import US, Record, Renderer, initial_state, record_id, record_size
 from shopify_pipeline.simulator.paging import ListRequest
 
 # Query field → Record attribute holding epoch seconds (or the id itself).
@@ -138,11 +138,12 @@ def record_filter(filters: dict[str, Any], oldest_created: int | None) -> Callab
         if name in filters:
             limit = filters[name]
             if is_min:
-                checks.append(lambda item, a=attribute, v=limit: getattr(item, a) >= v)
+                checks.append(lambda item, a=attribute, v=limit * US: getattr(item, a) >= v)
             else:
-                checks.append(lambda item, a=attribute, v=limit: getattr(item, a) <= v)
+                # Inclusive of the whole second the client named, as documents show whole seconds.
+                checks.append(lambda item, a=attribute, v=(limit + 1) * US: getattr(item, a) < v)
     if oldest_created is not None:
-        checks.append(lambda item: item.created >= oldest_created)
+        checks.append(lambda item: item.created >= oldest_created * US)
     if "since_id" in filters:
         since = filters["since_id"]
         checks.append(lambda item: item.id > since)
@@ -171,6 +172,7 @@ class ShopData:
         self.large_size = large_size
         self.cache = cache
         self.lock = threading.RLock()
+        self._latest = max((record.updated for items in collections.values() for record in items), default=0)
 
     def render_bytes(self, data_type: str, record: Record) -> bytes:
         """The JSON of a record at its current version (from the cache when possible)."""
@@ -198,9 +200,10 @@ class ShopData:
             "path": f"/admin/{path}/{event.subject_id}",
         }
 
-    def _now(self, floor: int) -> int:
-        """The current epoch second, but never at or before `floor` (so updated_at moves forward)."""
-        return max(int(time.time()), floor + 1)
+    def _next_change(self) -> int:
+        """Epoch microseconds for a change: now, but always after every earlier change of this shop."""
+        self._latest = max(time.time_ns() // 1000, self._latest + 1)
+        return self._latest
 
     def update(self, data_type: str, n: int, seed: int, ids: list[int] | None = None) -> list[int]:
         """Bump `n` live records (chosen by `seed`, or exactly `ids`): new version, later updated_at.
@@ -213,7 +216,7 @@ class ShopData:
             rng = random.Random(f"update:{seed}")
             for record in chosen:
                 record.version += 1
-                record.updated = self._now(record.updated)
+                record.updated = self._next_change()
                 if data_type == "orders" and record.state == "open" and rng.random() < 0.3:
                     record.state = "closed"
             collection.changed()
@@ -227,8 +230,7 @@ class ShopData:
             created_ids = []
             for _ in range(n):
                 index = len(collection.items)
-                last = collection.items[-1].created if collection.items else 0
-                now = self._now(last - 1)
+                now = self._next_change()
                 state = "open" if data_type == "orders" else initial_state(data_type, rng)
                 size = record_size(data_type, index, rng, self.large_every, self.large_size)
                 record = Record(record_id(data_type, index), index, now, now, state, size)
@@ -247,7 +249,7 @@ class ShopData:
                 record.deleted = True
                 event_id = record_id("events", len(self.events.items))
                 name = f"#{1001 + record.index}" if data_type == "orders" else str(record.id)
-                event = Event(event_id, self._now(record.updated - 1), SUBJECT_TYPES[data_type], record.id,
+                event = Event(event_id, self._next_change(), SUBJECT_TYPES[data_type], record.id,
                               "destroy", name)
                 self.events.items.append(event)
                 self.events.by_id[event.id] = event
