@@ -220,18 +220,27 @@ class StateStore:
 
     # Status ------------------------------------------------------------------------------------
 
-    def set_status(self, user_id: str, data_type: str, status: str, **fields: Any) -> None:
-        """Record the status of one data type's sync (written by the one sync that holds the lease)."""
-        record = {"status": status, "dataType": data_type, "updatedAt": now_iso(), **fields}
+    def set_status(self, user_id: str, data_type: str, status: str, sync_type: str | None = None,
+                   **fields: Any) -> None:
+        """Record the status of one data type's sync (written by the one sync that holds the lease).
+
+        `fields` are free-form (stage, recordCount, page, message, error …); None values are left out.
+        """
+        record = {"status": status, "dataType": data_type, "sync": sync_type, "updatedAt": now_iso(), **fields}
         item = {**self._key(user_id, f"status_{data_type}")}
         item.update({k: serialize(v) for k, v in record.items() if v is not None})
         self._call("put_item", Item=item)
 
     def get_status(self, user_id: str) -> dict[str, dict]:
-        """{data type: status fields} for every data type of `user_id` that has a status."""
+        """{data type: status fields} for every data type of `user_id` that has a status.
+
+        The sync type is returned as `syncType` (stored as `sync`: `syncType` is the table's sort key).
+        """
         out = {}
         for item in self._query_prefix(user_id, "status_"):
             fields = {k: deserialize(v) for k, v in item.items() if k not in ("userId", "syncType")}
+            if "sync" in fields:
+                fields["syncType"] = fields.pop("sync")
             out[fields["dataType"]] = fields
         return out
 
@@ -314,12 +323,15 @@ class StateStore:
     def find_failed_batches(self, data_type: str, user_id: str | None = None) -> list[dict]:
         """Every failed-batch item for `data_type` (the seed's query on sort keys ending `_failed_{type}`)."""
         suffix = f"_failed_{data_type}"
-        kwargs: dict[str, Any] = {"ConsistentRead": True}
-        values = {":s": {"S": suffix}}
+        # Key attributes cannot be filtered in a Query: filter on what only failed-batch items carry.
+        kwargs: dict[str, Any] = {
+            "ConsistentRead": True, "FilterExpression": "attribute_exists(batches) AND dataType = :t",
+        }
+        values = {":t": {"S": data_type}}
         if user_id:
             kwargs["KeyConditionExpression"] = "userId = :u"
             values[":u"] = {"S": user_id}
-        kwargs.update(FilterExpression="contains(syncType, :s)", ExpressionAttributeValues=values)
+        kwargs["ExpressionAttributeValues"] = values
         operation = "query" if user_id else "scan"
         items: list[dict] = []
         while True:
