@@ -102,8 +102,9 @@ class Simulator:
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="shopify-simulator",
-                                        daemon=True)
+        # A short poll interval so stop() returns quickly.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name="shopify-simulator", daemon=True)
         self._thread.start()
         return self
 
@@ -437,13 +438,10 @@ class RequestHandler(BaseHTTPRequestHandler):
             # Snapshot what to render while the lock guarantees versions match timestamps.
             if resource == "events":
                 documents = [dumps(_pick(data.render_event(event), request.fields)) for event in found]
-            elif request.fields:
-                documents = [dumps(_pick(data.renderer.render(resource, record), request.fields))
-                             for record in found]
             else:
-                pinned = [(record, record.version) for record in found]
-        if resource != "events" and not request.fields:
-            documents = [data.render_bytes(resource, record) for record, _ in pinned]
+                documents = [data.render_bytes(resource, record) for record in found]
+        if request.fields and resource != "events":
+            documents = [dumps(_pick(json.loads(body), request.fields)) for body in documents]
         after = last_key if more or request.direction == "prev" else None
         before = first_key if request.cursor is not None and (request.direction == "next" or more) else None
         url = f"{self.sim.shop_url(shop.name)}/admin/api/{version}/{resource}.json"

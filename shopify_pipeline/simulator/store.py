@@ -200,9 +200,10 @@ class ShopData:
             "path": f"/admin/{path}/{event.subject_id}",
         }
 
-    def _next_change(self) -> int:
-        """Epoch microseconds for a change: now, but always after every earlier change of this shop."""
-        self._latest = max(time.time_ns() // 1000, self._latest + 1)
+    def _next_change(self, previous: int = 0) -> int:
+        """Epoch microseconds for a change: now, but after every earlier change of this shop and in a
+        later whole second than `previous` (a record's old updated_at), so the visible value moves too."""
+        self._latest = max(time.time_ns() // 1000, self._latest + 1, (previous // US + 1) * US)
         return self._latest
 
     def update(self, data_type: str, n: int, seed: int, ids: list[int] | None = None) -> list[int]:
@@ -216,7 +217,7 @@ class ShopData:
             rng = random.Random(f"update:{seed}")
             for record in chosen:
                 record.version += 1
-                record.updated = self._next_change()
+                record.updated = self._next_change(record.updated)
                 if data_type == "orders" and record.state == "open" and rng.random() < 0.3:
                     record.state = "closed"
             collection.changed()
