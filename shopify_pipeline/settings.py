@@ -94,3 +94,62 @@ class Settings:
         """The same settings with every default table name prefixed (tests use one prefix each)."""
         names = {attr: prefix + getattr(TableNames, attr) for attr, _ in _TABLE_ENV}
         return replace(self, tables=TableNames(**names))
+
+
+@dataclass(frozen=True)
+class ShopifySettings:
+    """How we talk to Shopify. Defaults follow the seed: 3 retries, 1 → 2 → 4 s backoff capped at 60 s,
+    30 s timeouts, 250 records a page."""
+
+    api_version: str = "2025-10"
+    page_size: int = 250
+    min_page_size: int = 25  # 500/504 on a big page: halve the limit down to this
+    timeout_seconds: float = 30.0
+    retries: int = 3
+    backoff_seconds: float = 1.0
+    backoff_cap_seconds: float = 60.0
+    # Proactive pacing keeps a few requests of the bucket free; the leak rate is learned from the
+    # call-limit header and starts at the standard plan's 2/s.
+    bucket_margin: int = 2
+    leak_per_second: float = 2.0
+    # The seed's fixed gaps between pages ("fixed" pacing), off by default ("adaptive").
+    pacing: str = "adaptive"
+    fixed_gap_seconds: float = 120.0
+    fixed_gap_daily_seconds: float = 30.0
+    # 429s are waited out (Retry-After) this many times per request before the page counts as failed.
+    max_throttle_waits: int = 20
+    # Local simulator URLs (http://127.0.0.1:…) are refused unless this is on.
+    allow_local_shops: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ShopifySettings:
+        """Read overrides from SHOPIFY_API_VERSION, SHOPIFY_PAGE_SIZE, SHOPIFY_TIMEOUT_SECONDS,
+        SHOPIFY_PACING and SHOPIFY_ALLOW_LOCAL_SHOPS (see docs/configuration.md)."""
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        if env.get("SHOPIFY_API_VERSION"):
+            values["api_version"] = env["SHOPIFY_API_VERSION"]
+        for name, var, kind in (
+            ("page_size", "SHOPIFY_PAGE_SIZE", int),
+            ("timeout_seconds", "SHOPIFY_TIMEOUT_SECONDS", float),
+        ):
+            if env.get(var):
+                try:
+                    values[name] = kind(env[var])
+                except ValueError:
+                    raise SettingsError(f"{var}={env[var]!r} is not a number") from None
+        if env.get("SHOPIFY_PACING"):
+            values["pacing"] = env["SHOPIFY_PACING"]
+        if env.get("SHOPIFY_ALLOW_LOCAL_SHOPS"):
+            values["allow_local_shops"] = env["SHOPIFY_ALLOW_LOCAL_SHOPS"].lower() in ("1", "true", "yes")
+        return cls(**values).validated()
+
+    def validated(self) -> ShopifySettings:
+        """Self, or SettingsError naming what is wrong."""
+        if not 1 <= self.page_size <= 250:
+            raise SettingsError(f"page size {self.page_size} is out of range: Shopify allows 1 to 250")
+        if self.pacing not in ("adaptive", "fixed"):
+            raise SettingsError(f"pacing {self.pacing!r} is unknown: use 'adaptive' (default) or 'fixed'")
+        if self.timeout_seconds <= 0:
+            raise SettingsError("the Shopify timeout must be positive")
+        return self

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from shopify_pipeline.exact_json import dumps_json, parse_json
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -41,22 +42,7 @@ class CodecError(ValueError):
     """A document or item is not what the codec expects (no `id`, a corrupt chunk)."""
 
 
-def parse_json(text: str | bytes) -> Any:
-    """Parse JSON keeping integers exact (int) and fractions exact (Decimal)."""
-    return json.loads(text, parse_float=Decimal)
-
-
-def dumps_json(value: Any) -> str:
-    """Compact JSON for values from `parse_json` (Decimal written digit for digit)."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{dumps_json(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(dumps_json(v) for v in value) + "]"
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise CodecError(f"{value} cannot be written as JSON")
-        return str(value)
-    return json.dumps(value, ensure_ascii=False)
+__all__ = ["CodecError", "EncodedRecord", "decode_record", "dumps_json", "encode_record", "parse_json"]
 
 
 def compress(value: Any) -> bytes:

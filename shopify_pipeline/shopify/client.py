@@ -1,0 +1,373 @@
+"""A Shopify Admin REST client: one session per shop, retries, pacing, cursor paging, typed errors.
+
+Retries of connection errors, timeouts, 430 and 5xx are urllib3's `Retry` (1 → 2 → 4 s with jitter,
+capped); 429 is flow control, not an error: the shared pacer waits out `Retry-After` (a decimal). A page
+that still fails with 500/504 is asked for again with half the `limit`. The access token lives in the
+session headers only: it is never part of a URL, a message, or a repr.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from shopify_pipeline.exact_json import parse_json
+from shopify_pipeline.settings import ShopifySettings
+from shopify_pipeline.shopify.errors import (
+    BadRequestError,
+    InvalidCursorError,
+    InvalidTokenError,
+    MissingScopeError,
+    ShopFrozenError,
+    ShopifyPermanentError,
+    ShopifyTransientError,
+    ShopLockedError,
+    ShopNotFoundError,
+    UnsafeUrlError,
+)
+from shopify_pipeline.shopify.pacer import PACERS, Pacer
+
+RESOURCES = ("orders", "products", "customers")
+_SHOP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_LINK = re.compile(r'<([^>]+)>;\s*rel="?([a-z]+)"?')
+
+
+class ShopifyRetry(Retry):
+    """urllib3's Retry with Shopify's decimal `Retry-After` ("2.0") and a 1 → 2 → 4 s schedule.
+
+    429 is left to the client's throttle loop (it must not use up the error retries).
+    """
+
+    RETRY_AFTER_STATUS_CODES = frozenset({503})
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        try:
+            return min(max(float(retry_after), 0.0), self.retry_after_max)
+        except ValueError:
+            return super().parse_retry_after(retry_after)
+
+    def get_backoff_time(self) -> float:
+        failures = len(self.history)
+        if failures == 0:
+            return 0.0
+        delay = min(self.backoff_max, self.backoff_factor * 2 ** (failures - 1))
+        return delay + random.uniform(0, self.backoff_jitter)
+
+
+def retry_policy(settings: ShopifySettings) -> ShopifyRetry:
+    return ShopifyRetry(
+        total=settings.retries,
+        connect=settings.retries,
+        read=settings.retries,
+        status=settings.retries,
+        backoff_factor=settings.backoff_seconds,
+        backoff_max=settings.backoff_cap_seconds,
+        backoff_jitter=settings.backoff_seconds * 0.25,
+        status_forcelist=(430, 500, 502, 503, 504),
+        allowed_methods=frozenset({"GET"}),
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
+
+
+def shop_base_url(shop: str, allow_local: bool = False) -> str:
+    """The base URL of a shop, from `acme`, `acme.myshopify.com`, `https://acme.myshopify.com`, or
+    (only with allow_local) a loopback simulator URL. Raises UnsafeUrlError for anything else."""
+    value = shop.strip().rstrip("/")
+    if value.startswith(("http://", "https://")):
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        if _is_loopback(host):
+            if not allow_local:
+                raise UnsafeUrlError(
+                    f"{value} is a local URL; local simulator shops need allow_local_shops "
+                    "(SHOPIFY_ALLOW_LOCAL_SHOPS=1)"
+                )
+            return value
+        if parts.scheme != "https" or parts.path not in ("", "/"):
+            raise UnsafeUrlError(f"{value} is not a shop address: use https://{{shop}}.myshopify.com")
+        value = host
+    name = value.removesuffix(".myshopify.com")
+    if not _SHOP_NAME.match(name):
+        raise UnsafeUrlError(
+            f"{shop!r} is not a Shopify shop domain: expected {{shop}}.myshopify.com with letters, digits and "
+            "dashes"
+        )
+    return f"https://{name}.myshopify.com"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Page:
+    """One answered page: the records, the exact bytes Shopify sent, and where the next page is."""
+
+    records: list[dict]
+    body: bytes
+    url: str
+    next_url: str | None
+    limit: int
+
+
+@dataclass
+class ClientStats:
+    """What the client did, for metadata and benchmarks (thread-safe increments)."""
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    throttle_wait_seconds: float = 0.0
+    pace_wait_seconds: float = 0.0
+    page_shrinks: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **amounts: float) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class ShopifyClient:
+    """Talks to one shop's Admin REST API."""
+
+    def __init__(
+        self,
+        shop: str,
+        token: str,
+        settings: ShopifySettings | None = None,
+        pacer: Pacer | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = (settings or ShopifySettings()).validated()
+        self.base_url = shop_base_url(shop, self.settings.allow_local_shops)
+        self._origin = urlsplit(self.base_url)
+        self.pacer = pacer or PACERS.for_shop(self.base_url, self.settings.leak_per_second,
+                                              self.settings.bucket_margin)
+        self.stats = ClientStats()
+        self._sleep = sleep
+        self._session = requests.Session()
+        self._session.headers.update({"X-Shopify-Access-Token": token, "Accept": "application/json",
+                                      "User-Agent": "shopify_pipeline/0.1"})
+        adapter = HTTPAdapter(max_retries=retry_policy(self.settings), pool_maxsize=16)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+
+    def __repr__(self) -> str:
+        return f"ShopifyClient({self.base_url!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    # URLs ----------------------------------------------------------------------------------------
+
+    def api_url(self, path: str, params: dict | None = None) -> str:
+        """`{base}/admin/api/{version}/{path}` with `params` as the query."""
+        url = f"{self.base_url}/admin/api/{self.settings.api_version}/{path}"
+        return f"{url}?{urlencode(params)}" if params else url
+
+    def first_page_url(self, resource: str, params: dict | None = None) -> str:
+        """The first page of a listing; orders get `status=any` unless asked otherwise."""
+        if resource not in RESOURCES:
+            raise ValueError(f"unknown resource {resource!r}; expected one of {', '.join(RESOURCES)}")
+        query = {"limit": self.settings.page_size, **(params or {})}
+        if resource == "orders":
+            query.setdefault("status", "any")  # Shopify's default (open) silently hides closed orders
+        return self.api_url(f"{resource}.json", query)
+
+    def _check_same_shop(self, url: str) -> None:
+        parts = urlsplit(url)
+        if (parts.scheme, parts.netloc) != (self._origin.scheme, self._origin.netloc) or not parts.path.startswith(
+            self._origin.path
+        ):
+            raise UnsafeUrlError(
+                f"refusing to follow a link to {parts.scheme}://{parts.netloc}{parts.path}: it is not this "
+                f"shop ({self.base_url}). The token is only ever sent to the shop itself."
+            )
+
+    # Requests ------------------------------------------------------------------------------------
+
+    def get(self, url: str) -> requests.Response:
+        """GET `url` of this shop: paced, retried, 429s waited out. Returns a 2xx response or raises."""
+        self._check_same_shop(url)
+        for _ in range(self.settings.max_throttle_waits + 1):
+            self.stats.add(pace_wait_seconds=self.pacer.acquire())
+            try:
+                response = self._session.get(url, timeout=self.settings.timeout_seconds)
+            except requests.RequestException as error:
+                self.stats.add(requests=1)
+                raise ShopifyTransientError(
+                    f"{type(error).__name__} talking to {self._where(url)} after {self.settings.retries} retries"
+                ) from None  # the chained exception would carry the request and its headers
+            history = getattr(getattr(response.raw, "retries", None), "history", ()) or ()
+            self.stats.add(requests=1 + len(history), retries=len(history))
+            self.pacer.observe(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
+            if response.status_code != 429:
+                return self._checked(response, url)
+            wait = _retry_after(response.headers.get("Retry-After"))
+            self.pacer.throttled(wait)
+            self.stats.add(throttled=1, throttle_wait_seconds=wait)
+            self._sleep(wait)
+        raise ShopifyTransientError(
+            f"{self._where(url)} kept answering 429 after {self.settings.max_throttle_waits} waits", 429
+        )
+
+    def _where(self, url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.netloc}{parts.path}"
+
+    def _checked(self, response: requests.Response, url: str) -> requests.Response:
+        status = response.status_code
+        if status < 300:
+            return response
+        body = response.text[:300]
+        where = self._where(url)
+        if status == 400:
+            if "page_info" in body and "Invalid value" in body:
+                raise InvalidCursorError(
+                    f"Shopify refused the page cursor at {where} ({body}); the slice restarts from its last "
+                    "durable position", status)
+            raise BadRequestError(f"Shopify refused the request {where}: {body}", status)
+        if status == 401:
+            raise InvalidTokenError(
+                f"Shopify rejected the access token for {self.base_url} (401). The token is wrong or was "
+                "revoked: reconnect the shop (update the user's connection with a new token).", status)
+        if status == 402:
+            raise ShopFrozenError(
+                f"{self.base_url} is frozen (402 Unavailable Shop): the merchant must settle their Shopify "
+                "bill; syncs resume once the shop is active.", status)
+        if status == 403:
+            scope = _scope_in(body) or "the needed"
+            raise MissingScopeError(
+                f"the app lacks the {scope} scope for {where} (403). Ask the merchant to approve {scope} "
+                "and reconnect.", status)
+        if status == 404:
+            raise ShopNotFoundError(
+                f"{where} was not found (404): check the shop domain ({self.base_url}) and the API version "
+                f"{self.settings.api_version}.", status)
+        if status == 423:
+            raise ShopLockedError(
+                f"{self.base_url} is locked (423); Shopify support must unlock it before syncs can run.", status)
+        if status >= 500 or status == 430:
+            raise ShopifyTransientError(f"Shopify answered {status} for {where} after retries", status)
+        raise ShopifyPermanentError(f"Shopify answered {status} for {where}: {body}", status)
+
+    def get_json(self, url: str) -> tuple[dict, requests.Response]:
+        """GET and parse JSON (exact ints, Decimal fractions); malformed bodies are retried."""
+        for attempt in range(self.settings.retries + 1):
+            if attempt:
+                self.stats.add(retries=1)
+                self._sleep(self._backoff(attempt))
+            response = self.get(url)
+            try:
+                document = parse_json(response.content)
+            except (ValueError, requests.RequestException):
+                if attempt == self.settings.retries:
+                    raise ShopifyTransientError(
+                        f"Shopify sent a malformed JSON body for {self._where(url)} "
+                        f"{self.settings.retries + 1} times") from None
+                continue
+            if isinstance(document, dict):
+                return document, response
+        raise ShopifyTransientError(f"unexpected JSON for {self._where(url)}")
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.settings.backoff_cap_seconds, self.settings.backoff_seconds * 2 ** (attempt - 1))
+        return base + random.uniform(0, self.settings.backoff_seconds * 0.25)
+
+    # Paging --------------------------------------------------------------------------------------
+
+    def fetch_page(self, resource: str, url: str) -> Page:
+        """One page of `resource` at `url` (a first-page URL or a next link, followed verbatim).
+
+        On 500/504 that survive the retries, asks again with half the limit, down to min_page_size.
+        """
+        while True:
+            try:
+                document, response = self.get_json(url)
+            except ShopifyTransientError as error:
+                limit = _limit_of(url, self.settings.page_size)
+                if error.status in (500, 504) and limit > self.settings.min_page_size:
+                    url = _with_limit(url, max(self.settings.min_page_size, limit // 2))
+                    self.stats.add(page_shrinks=1)
+                    continue
+                raise
+            if resource not in document or not isinstance(document[resource], list):
+                raise ShopifyTransientError(f"the answer for {self._where(url)} has no {resource!r} list")
+            next_url = _next_link(response.headers.get("Link"))
+            if next_url:
+                self._check_same_shop(next_url)
+            return Page(document[resource], response.content, url, next_url, _limit_of(url, self.settings.page_size))
+
+    def pages(self, resource: str, params: dict | None = None) -> Iterator[Page]:
+        """Every page of a listing, following the Link header until there is no next page."""
+        url: str | None = self.first_page_url(resource, params)
+        while url:
+            page = self.fetch_page(resource, url)
+            yield page
+            url = page.next_url
+
+    def count(self, resource: str, params: dict | None = None) -> int:
+        """Shopify's own count of a listing (`{resource}/count.json`; orders with status=any)."""
+        query = dict(params or {})
+        if resource == "orders":
+            query.setdefault("status", "any")
+        document, _ = self.get_json(self.api_url(f"{resource}/count.json", query))
+        return int(document["count"])
+
+    def granted_scopes(self) -> set[str]:
+        """The scopes granted to our token (`/admin/oauth/access_scopes.json`)."""
+        document, _ = self.get_json(f"{self.base_url}/admin/oauth/access_scopes.json")
+        return {scope["handle"] for scope in document.get("access_scopes", [])}
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value else 2.0
+    except ValueError:
+        return 2.0
+
+
+def _scope_in(body: str) -> str | None:
+    match = re.search(r"\b(read_[a-z_]+|write_[a-z_]+)\b", body)
+    return match.group(1) if match else None
+
+
+def _next_link(header: str | None) -> str | None:
+    for url, rel in _LINK.findall(header or ""):
+        if rel == "next":
+            return url
+    return None
+
+
+def _limit_of(url: str, default: int) -> int:
+    for key, value in parse_qsl(urlsplit(url).query):
+        if key == "limit" and value.isdigit():
+            return int(value)
+    return default
+
+
+def _with_limit(url: str, limit: int) -> str:
+    """The same URL with another `limit` (the one parameter Shopify allows beside page_info)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "limit"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("limit", str(limit))])))

@@ -1,0 +1,117 @@
+"""Proactive pacing from Shopify's leaky bucket, shared by every thread that talks to one shop.
+
+Shopify tells us the bucket on every answer (`X-Shopify-Shop-Api-Call-Limit: 32/40`). We model the
+bucket locally (level leaks at `leak_per_second`), reserve a slot before each request and wait when
+the bucket would overflow, so a sync runs near the plan's ceiling and rarely sees a 429.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class Pacer:
+    """A local model of one shop's leaky bucket."""
+
+    def __init__(
+        self,
+        leak_per_second: float = 2.0,
+        size: int = 40,
+        margin: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.leak_per_second = leak_per_second
+        self.size = size
+        self.margin = margin
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._level = 0.0
+        self._at = clock()
+        # An earlier reading (time, used) and how many answers came since: the leak rate is learned
+        # from them, since plans (and a time-scaled simulator) leak at different rates.
+        self._reference: tuple[float, float] | None = None
+        self._answers_since = 0
+        self.waited_seconds = 0.0
+
+    def _leak(self, now: float) -> None:
+        self._level = max(0.0, self._level - (now - self._at) * self.leak_per_second)
+        self._at = now
+
+    def acquire(self) -> float:
+        """Reserve one request, sleeping until the bucket has room. Returns the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                self._leak(now)
+                room = self.size - self.margin - self._level
+                if room >= 1:
+                    self._level += 1
+                    self.waited_seconds += waited
+                    return waited
+                pause = (1 - room) / self.leak_per_second
+            self._sleep(pause)
+            waited += pause
+
+    def observe(self, header: str | None) -> None:
+        """Correct the model from an answer's `X-Shopify-Shop-Api-Call-Limit` ("used/size")."""
+        if not header or "/" not in header:
+            return
+        try:
+            used, size = (float(part) for part in header.split("/", 1))
+        except ValueError:
+            return
+        with self._lock:
+            now = self._clock()
+            self._leak(now)
+            self.size = int(size)
+            self._learn_leak(now, used)
+            # Our reservations for requests still in flight are not in Shopify's count yet: keep the max.
+            self._level = max(self._level, used)
+
+    def _learn_leak(self, now: float, used: float) -> None:
+        """Between two readings Shopify counted one request per answer and leaked the rest."""
+        self._answers_since += 1
+        if self._reference is None:
+            self._reference = (now, used)
+            self._answers_since = 0
+            return
+        then, before = self._reference
+        elapsed = now - then
+        if elapsed < 2.0:
+            return
+        estimate = (before + self._answers_since - used) / elapsed
+        if estimate > 0:
+            if used > 1:  # a reading from a non-empty bucket: the estimate is exact up to noise
+                self.leak_per_second = 0.5 * self.leak_per_second + 0.5 * min(estimate, self.size)
+            else:  # the bucket may have run dry in between: the estimate is only a lower bound
+                self.leak_per_second = max(self.leak_per_second, min(estimate, self.size))
+        self._reference = (now, used)
+        self._answers_since = 0
+
+    def throttled(self, retry_after: float) -> None:
+        """Shopify answered 429: treat the bucket as full for `retry_after` seconds."""
+        with self._lock:
+            self._leak(self._clock())
+            self._level = max(self._level, self.size - self.margin + retry_after * self.leak_per_second)
+
+
+class PacerRegistry:
+    """One Pacer per shop, shared by every client in this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pacers: dict[str, Pacer] = {}
+
+    def for_shop(self, shop: str, leak_per_second: float, margin: int) -> Pacer:
+        with self._lock:
+            if shop not in self._pacers:
+                self._pacers[shop] = Pacer(leak_per_second=leak_per_second, margin=margin)
+            return self._pacers[shop]
+
+
+PACERS = PacerRegistry()
