@@ -78,9 +78,31 @@ class Collection:
         self.by_id = {item.id: item for item in items}
         self._views: dict[str, tuple[list[tuple[int, int]], list[Any]]] = {}
 
-    def changed(self) -> None:
-        """Forget sorted views after a mutation; the next query rebuilds the one it needs."""
-        self._views.clear()
+    def add(self, item: Any) -> None:
+        """Append an item whose id is above every other; built views take it in place."""
+        self.items.append(item)
+        self.by_id[item.id] = item
+        for attribute, (keys, items) in self._views.items():
+            if items is self.items:
+                keys.append((item.id, item.id))
+                continue
+            key = (getattr(item, attribute), item.id)
+            position = bisect_right(keys, key)
+            keys.insert(position, key)
+            items.insert(position, item)
+
+    def move(self, item: Any, old_updated: int) -> None:
+        """Re-sort an item whose `updated` changed from `old_updated` (a list shift, not a full sort)."""
+        view = self._views.get("updated")
+        if view is None or view[1] is self.items:
+            return
+        keys, items = view
+        position = bisect_left(keys, (old_updated, item.id))
+        del keys[position], items[position]
+        key = (item.updated, item.id)
+        position = bisect_right(keys, key)
+        keys.insert(position, key)
+        items.insert(position, item)
 
     def view(self, sort_field: str) -> tuple[list[tuple[int, int]], list[Any]]:
         """(keys, items) sorted by (sort value, id); keys are what a page_info cursor compares with."""
@@ -217,10 +239,10 @@ class ShopData:
             rng = random.Random(f"update:{seed}")
             for record in chosen:
                 record.version += 1
-                record.updated = self._next_change(record.updated)
+                old_updated, record.updated = record.updated, self._next_change(record.updated)
+                collection.move(record, old_updated)
                 if data_type == "orders" and record.state == "open" and rng.random() < 0.3:
                     record.state = "closed"
-            collection.changed()
             return [record.id for record in chosen]
 
     def create(self, data_type: str, n: int, seed: int) -> list[int]:
@@ -235,10 +257,8 @@ class ShopData:
                 state = "open" if data_type == "orders" else initial_state(data_type, rng)
                 size = record_size(data_type, index, rng, self.large_every, self.large_size)
                 record = Record(record_id(data_type, index), index, now, now, state, size)
-                collection.items.append(record)
-                collection.by_id[record.id] = record
+                collection.add(record)
                 created_ids.append(record.id)
-            collection.changed()
             return created_ids
 
     def delete(self, data_type: str, n: int, seed: int, ids: list[int] | None = None) -> list[int]:
@@ -252,10 +272,7 @@ class ShopData:
                 name = f"#{1001 + record.index}" if data_type == "orders" else str(record.id)
                 event = Event(event_id, self._next_change(), SUBJECT_TYPES[data_type], record.id,
                               "destroy", name)
-                self.events.items.append(event)
-                self.events.by_id[event.id] = event
-            collection.changed()
-            self.events.changed()
+                self.events.add(event)
             return [record.id for record in chosen]
 
     def _choose(self, collection: Collection, n: int, seed: int, ids: list[int] | None) -> list[Record]:
