@@ -75,6 +75,10 @@ class Settings:
     unprocessed_backoff_seconds: float = 0.05
     unprocessed_backoff_cap_seconds: float = 2.0
     lease_seconds: int = 300
+    # "compressed": the document as zlib JSON (about 5x fewer write units, faster); "native": a DynamoDB
+    # map, readable in the console. Both are lossless; oversized documents are compressed either way.
+    document_format: str = "compressed"
+    write_workers: int = 4
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,10 +88,16 @@ class Settings:
         names = {
             attr: env.get(var) or prefix + getattr(TableNames, attr) for attr, var in _TABLE_ENV
         }
+        document_format = env.get("SHOPIFY_DOCUMENT_FORMAT") or "compressed"
+        if document_format not in ("compressed", "native"):
+            raise SettingsError(
+                f"SHOPIFY_DOCUMENT_FORMAT={document_format!r} is unknown: use compressed (default) or native"
+            )
         return cls(
             tables=TableNames(**names),
             dynamodb_endpoint_url=env.get("AWS_ENDPOINT_URL_DYNAMODB") or None,
             aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            document_format=document_format,
         )
 
     def with_prefix(self, prefix: str) -> Settings:

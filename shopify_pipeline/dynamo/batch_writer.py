@@ -57,12 +57,12 @@ class BatchWriter:
         self,
         client,
         settings: Settings,
-        workers: int = 8,
+        workers: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._client = client
         self._settings = settings
-        self._workers = workers
+        self._workers = workers or settings.write_workers
         self._sleep = sleep
 
     def write_records(
@@ -100,7 +100,8 @@ class BatchWriter:
         table = self._settings.tables.records(data_type)
         encoded: dict[int, EncodedRecord] = {}
         for doc in records:  # the last version of a record wins, as a replay would
-            record = encode_record(table, user_id, data_type, doc, self._settings.max_item_bytes)
+            record = encode_record(table, user_id, data_type, doc, self._settings.max_item_bytes,
+                                   native=self._settings.document_format == "native")
             encoded[record.record_id] = record
         collapsed = len(records) - len(encoded)
         last = first + len(records) - 1

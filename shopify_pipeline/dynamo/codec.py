@@ -134,9 +134,13 @@ def document_key(table: str, user_id: str, record_id: int) -> str:
 
 
 def encode_record(
-    table: str, user_id: str, data_type: str, doc: dict, max_item_bytes: int = 380_000
+    table: str, user_id: str, data_type: str, doc: dict, max_item_bytes: int = 380_000, native: bool = False
 ) -> EncodedRecord:
-    """The items that store `doc` (a Shopify order, product or customer) for `user_id`."""
+    """The items that store `doc` (a Shopify order, product or customer) for `user_id`.
+
+    `native` stores the document as a DynamoDB map when it fits; otherwise (and by default) it is
+    stored compressed, and split into chunk items when even that is too big.
+    """
     record_id = doc.get("id")
     if not isinstance(record_id, int):
         raise CodecError(f"a Shopify {data_type} record has no integer `id`: {dumps_json(doc)[:200]}")
@@ -150,7 +154,7 @@ def encode_record(
             item[attribute] = serialize(value)
     base_size = item_size(item)
 
-    if _native_ok(doc):
+    if native and _native_ok(doc):
         try:
             native = serialize(doc)
         except (TypeError, ValueError, ArithmeticError):  # a number beyond DynamoDB's 38 digits

@@ -215,6 +215,11 @@ class StateStore:
             return 0
         return item_size(item)
 
+    def has_checkpoint(self, user_id: str, sync_type: str, data_type: str) -> bool:
+        """Whether a checkpoint item exists, readable or not."""
+        key = self._key(user_id, checkpoint_key(sync_type, data_type))
+        return "Item" in self._call("get_item", Key=key, ConsistentRead=True, ProjectionExpression="userId")
+
     def clear_checkpoint(self, user_id: str, sync_type: str, data_type: str) -> None:
         self._call("delete_item", Key=self._key(user_id, checkpoint_key(sync_type, data_type)))
 

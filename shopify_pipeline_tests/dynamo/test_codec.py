@@ -2,8 +2,10 @@
 
 import random
 import string
+from dataclasses import replace
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -51,10 +53,11 @@ def test_json_text_round_trip(doc):
     assert parse_json(dumps_json(doc)) == doc
 
 
-@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("document_format", ["native", "compressed"])
+@hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=DOCUMENTS)
-def test_documents_round_trip_through_dynamodb_local(settings, client, doc):
-    writer = BatchWriter(client, settings, workers=1)
+def test_documents_round_trip_through_dynamodb_local(settings, client, document_format, doc):
+    writer = BatchWriter(client, replace(settings, document_format=document_format), workers=1)
     report = writer.write_records("u1", "orders", [doc])
     assert report.written == 1 and not report.failed_batches
     assert RecordTable(client, settings, "orders").get("u1", doc["id"]) == doc
@@ -91,7 +94,8 @@ def test_a_large_compressible_order_is_stored_compressed_in_one_item(settings, c
     assert RecordTable(client, settings, "orders").get("u1", doc["id"]) == doc
 
 
-def test_small_orders_are_stored_natively_with_query_attributes(settings, client):
+def test_small_orders_can_be_stored_natively_with_query_attributes(settings, client):
+    settings = replace(settings, document_format="native")
     doc = parse_json('{"id": 9007199254740993, "name": "#1001", "email": "a@b.c", "financial_status": "paid",'
                      ' "created_at": "2024-01-10T11:00:00-05:00", "updated_at": "2024-01-10T12:00:00-05:00",'
                      ' "cancelled_at": null, "tags": "a, b", "tax_lines": [{"rate": 0.06}]}')
@@ -101,3 +105,11 @@ def test_small_orders_are_stored_natively_with_query_attributes(settings, client
     assert item["updatedAt"] == {"S": "2024-01-10T17:00:00Z"}
     assert item["financialStatus"] == {"S": "paid"} and "cancelledAt" not in item
     assert item["doc"]["M"]["tax_lines"]["L"][0]["M"]["rate"] == {"N": "0.06"}
+
+
+def test_by_default_documents_are_compressed_beside_their_query_attributes(settings, client):
+    doc = {"id": 1, "email": "a@b.c", "updated_at": "2024-01-10T12:00:00-05:00", "note": "é" * 100}
+    BatchWriter(client, settings).write_records("u1", "customers", [doc])
+    item = next(RecordTable(client, settings, "customers").items("u1"))
+    assert "docZ" in item and "doc" not in item and item["email"] == {"S": "a@b.c"}
+    assert RecordTable(client, settings, "customers").get("u1", 1) == doc

@@ -1,0 +1,104 @@
+"""Connected users (`shopify_connections`): shop, token reference, last syncs, high-water marks."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from shopify_pipeline.dynamo.client import translate_errors
+from shopify_pipeline.dynamo.codec import deserialize, serialize
+from shopify_pipeline.dynamo.state import now_iso
+from shopify_pipeline.errors import PermanentError
+from shopify_pipeline.settings import Settings
+
+_USER_ID = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
+
+
+class InvalidUserIdError(PermanentError):
+    """A user id we cannot use as a key and a Dagster partition."""
+
+
+class UnknownUserError(PermanentError):
+    """No connection for this user."""
+
+
+def check_user_id(user_id: str) -> str:
+    """`user_id`, or InvalidUserIdError: letters, digits and `_ . @ : -` only (no `|`, `,`, spaces)."""
+    if not isinstance(user_id, str) or not _USER_ID.match(user_id):
+        raise InvalidUserIdError(
+            f"user id {user_id!r} is not usable: use 1-128 letters, digits or _ . @ : - "
+            "(no spaces, commas or |, which Dagster partition keys cannot hold)"
+        )
+    return user_id
+
+
+@dataclass
+class Connection:
+    """A user's connected shop. `token_ref` says where the token is (env:VAR, secretsmanager:ID, literal:…)."""
+
+    user_id: str
+    shop: str
+    token_ref: str
+    created_at: str | None = None
+    last_sync: dict[str, str] = field(default_factory=dict)  # sync type -> finished at
+    high_water: dict[str, str] = field(default_factory=dict)  # data type -> updated_at high-water mark
+
+
+class ConnectionStore:
+    def __init__(self, client, settings: Settings) -> None:
+        self._client = client
+        self._table = settings.tables.connections
+
+    def _call(self, operation: str, **kwargs) -> dict:
+        with translate_errors(self._table, self._client.meta.endpoint_url):
+            return getattr(self._client, operation)(TableName=self._table, **kwargs)
+
+    def add(self, user_id: str, shop: str, token_ref: str) -> Connection:
+        """Create or replace a user's connection (keeps nothing of an older one's marks)."""
+        connection = Connection(check_user_id(user_id), shop, token_ref, now_iso())
+        self._call("put_item", Item={
+            "userId": {"S": user_id}, "shop": {"S": shop}, "tokenRef": {"S": token_ref},
+            "createdAt": {"S": connection.created_at}, "lastSync": {"M": {}}, "highWater": {"M": {}},
+        })
+        return connection
+
+    def get(self, user_id: str) -> Connection:
+        item = self._call("get_item", Key={"userId": {"S": user_id}}, ConsistentRead=True).get("Item")
+        if not item:
+            raise UnknownUserError(
+                f"no Shopify connection for user {user_id!r}: add one with "
+                f"`shopify-pipeline users add {user_id} --shop SHOP --token-ref env:VAR`"
+            )
+        return _connection(item)
+
+    def list(self) -> list[Connection]:
+        connections, kwargs = [], {"ConsistentRead": True}
+        while True:
+            page = self._call("scan", **kwargs)
+            connections.extend(_connection(item) for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return sorted(connections, key=lambda c: c.user_id)
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def remove(self, user_id: str) -> bool:
+        old = self._call("delete_item", Key={"userId": {"S": user_id}}, ReturnValues="ALL_OLD")
+        return "Attributes" in old
+
+    def record_finished(self, user_id: str, sync_type: str, data_type: str, high_water: str | None) -> None:
+        """After a sync finished with nothing failed: its time, and the data type's new high-water mark."""
+        expression = "SET lastSync.#s = :now"
+        values = {":now": serialize(now_iso())}
+        names = {"#s": f"{sync_type}_{data_type}"}
+        if high_water:
+            expression += ", highWater.#d = :hw"
+            values[":hw"] = serialize(high_water)
+            names["#d"] = data_type
+        self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression=expression,
+                   ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+                   ConditionExpression="attribute_exists(userId)")
+
+
+def _connection(item: dict) -> Connection:
+    data = {k: deserialize(v) for k, v in item.items()}
+    return Connection(data["userId"], data["shop"], data["tokenRef"], data.get("createdAt"),
+                      data.get("lastSync", {}), data.get("highWater", {}))

@@ -1,0 +1,104 @@
+"""Staged pages (`sync_pages`): every fetched page, compressed, so loading can be redone without Shopify.
+
+Key: `syncKey` = "{user}#{syncType}#{dataType}", `page` = slice × 1 000 000 + page number in the slice.
+A page body up to the item limit is stored inline; a larger one goes to the blob store in chunks.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from shopify_pipeline.dynamo.client import translate_errors
+from shopify_pipeline.dynamo.state import BlobStore
+from shopify_pipeline.settings import STAGED_PAGE_TTL_SECONDS, Settings
+
+PAGES_PER_SLICE = 1_000_000
+
+
+def sync_key(user_id: str, sync_type: str, data_type: str) -> str:
+    return f"{user_id}#{sync_type}#{data_type}"
+
+
+def page_number(slice_index: int, page_in_slice: int) -> int:
+    return slice_index * PAGES_PER_SLICE + page_in_slice
+
+
+@dataclass
+class StagedPage:
+    """What is known of a staged page without reading its body."""
+
+    number: int
+    records: int
+    loaded: bool
+    chunks: int
+
+
+class PageStore:
+    """Stage, list, read and drop the pages of one sync."""
+
+    def __init__(self, client, settings: Settings) -> None:
+        self._client = client
+        self._table = settings.tables.pages
+        self._max_inline = settings.max_item_bytes - 1_000
+        self._blobs = BlobStore(client, settings)
+
+    def _call(self, operation: str, **kwargs) -> dict:
+        with translate_errors(self._table, self._client.meta.endpoint_url):
+            return getattr(self._client, operation)(TableName=self._table, **kwargs)
+
+    def put(self, key: str, number: int, body: bytes, records: int, url: str) -> None:
+        """Stage the exact bytes Shopify sent for one page (overwrites a page fetched again)."""
+        packed = zlib.compress(body, 6)
+        ttl = int(time.time()) + STAGED_PAGE_TTL_SECONDS
+        item = {
+            "syncKey": {"S": key}, "page": {"N": str(number)}, "records": {"N": str(records)},
+            "loaded": {"BOOL": False}, "url": {"S": url[:2000]}, "ttl": {"N": str(ttl)},
+        }
+        if len(packed) <= self._max_inline:
+            item["body"] = {"B": packed}
+        else:
+            chunks = self._blobs.put(f"page#{key}#{number}", packed, STAGED_PAGE_TTL_SECONDS)
+            item["chunks"] = {"N": str(chunks)}
+        self._call("put_item", Item=item)
+
+    def list(self, key: str) -> Iterator[StagedPage]:
+        """The staged pages of a sync in page order, without their bodies."""
+        kwargs = {
+            "KeyConditionExpression": "syncKey = :k", "ExpressionAttributeValues": {":k": {"S": key}},
+            "ProjectionExpression": "page, records, loaded, chunks", "ConsistentRead": True,
+        }
+        while True:
+            result = self._call("query", **kwargs)
+            for item in result["Items"]:
+                yield StagedPage(int(item["page"]["N"]), int(item["records"]["N"]), item["loaded"]["BOOL"],
+                                 int(item.get("chunks", {}).get("N", "0")))
+            if "LastEvaluatedKey" not in result:
+                return
+            kwargs["ExclusiveStartKey"] = result["LastEvaluatedKey"]
+
+    def body(self, key: str, page: StagedPage) -> bytes:
+        """The exact bytes Shopify sent for `page`."""
+        if page.chunks:
+            return zlib.decompress(self._blobs.get(f"page#{key}#{page.number}", page.chunks))
+        item = self._call("get_item", Key=self._key(key, page.number), ConsistentRead=True)["Item"]
+        return zlib.decompress(bytes(item["body"]["B"]))
+
+    def mark_loaded(self, key: str, number: int) -> None:
+        self._call("update_item", Key=self._key(key, number), UpdateExpression="SET loaded = :t",
+                   ExpressionAttributeValues={":t": {"BOOL": True}})
+
+    def drop(self, key: str) -> int:
+        """Delete every staged page of a sync (after it finished). Returns how many."""
+        pages = list(self.list(key))
+        for page in pages:
+            if page.chunks:
+                self._blobs.delete(f"page#{key}#{page.number}", page.chunks)
+            self._call("delete_item", Key=self._key(key, page.number))
+        return len(pages)
+
+    @staticmethod
+    def _key(key: str, number: int) -> dict:
+        return {"syncKey": {"S": key}, "page": {"N": str(number)}}

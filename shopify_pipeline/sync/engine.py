@@ -1,0 +1,434 @@
+"""One sync of (user, sync type, data type): fetch pages with checkpoints, load them, finish or keep.
+
+Flow (DESIGN.md): take the lease → load the checkpoint or plan → fetch every slice, staging each page
+and then saving the checkpoint → load staged pages in batches of 25, saving failed batches → when
+nothing failed, advance the high-water mark and clear the checkpoint and staged pages. Anything that
+failed stays recorded, so the next run redoes only that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit
+
+from shopify_pipeline.dynamo.batch_writer import BatchWriter
+from shopify_pipeline.dynamo.client import dynamodb_client
+from shopify_pipeline.dynamo.connections import Connection, ConnectionStore
+from shopify_pipeline.dynamo.pages import PageStore, page_number, sync_key
+from shopify_pipeline.dynamo.state import Checkpoint, StateStore
+from shopify_pipeline.errors import PermanentError, TransientError
+from shopify_pipeline.exact_json import parse_json
+from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, Settings, SettingsError, ShopifySettings
+from shopify_pipeline.shopify.client import ShopifyClient
+from shopify_pipeline.shopify.errors import InvalidCursorError
+from shopify_pipeline.sync.tokens import resolve_token
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """How a sync plans its work."""
+
+    slices: int = 4  # full syncs split the created_at range into this many slices, fetched in parallel
+    lookback: timedelta = timedelta(hours=1)  # daily syncs re-read this much before the high-water mark
+    min_records_to_slice: int = 1000  # smaller listings are fetched as one slice
+
+
+@dataclass
+class FetchResult:
+    pages: int = 0
+    records: int = 0
+    pages_this_run: int = 0
+    failed_pages: list[dict] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    throttle_wait_seconds: float = 0.0
+    resumed: bool = False
+    only_recent_orders: bool = False
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed_pages
+
+
+@dataclass
+class LoadResult:
+    pages: int = 0
+    records_written: int = 0
+    failed_batches: list[dict] = field(default_factory=list)
+    retried_batches: int = 0
+    finished: bool = False
+    seconds: float = 0.0
+    preview: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class RetryResult:
+    success: bool
+    retried: int
+    still_failed: int
+
+
+class SyncEngine:
+    """Runs syncs against one DynamoDB (tables from `settings`) and Shopify (`shopify_settings`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        shopify_settings: ShopifySettings | None = None,
+        options: SyncOptions | None = None,
+        dynamodb=None,
+    ) -> None:
+        self.settings = settings
+        self.shopify_settings = shopify_settings or ShopifySettings()
+        self.options = options or SyncOptions()
+        self.dynamodb = dynamodb or dynamodb_client(settings)
+        self.state = StateStore(self.dynamodb, settings)
+        self.pages = PageStore(self.dynamodb, settings)
+        self.connections = ConnectionStore(self.dynamodb, settings)
+        self.writer = BatchWriter(self.dynamodb, settings)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    def shopify_client(self, connection: Connection) -> ShopifyClient:
+        return ShopifyClient(connection.shop, resolve_token(connection.token_ref), self.shopify_settings)
+
+    # Fetch ---------------------------------------------------------------------------------------
+
+    def fetch(self, user_id: str, sync_type: str, data_type: str, progress: Progress | None = None) -> FetchResult:
+        """Fetch and stage every page still to fetch, saving the checkpoint after each page.
+
+        Returns counts and the pages that failed after their retries (their slices keep their cursors).
+        Raises a PermanentError (bad token, frozen shop …) after recording a failed status.
+        """
+        _check(sync_type, data_type)
+        started = time.monotonic()
+        connection = self.connections.get(user_id)
+        with self._lease(user_id, data_type):
+            try:
+                return self._fetch(connection, sync_type, data_type, progress or _quiet, started)
+            except PermanentError as error:
+                self._fail(user_id, sync_type, data_type, "fetch", error)
+                raise
+
+    def _fetch(self, connection: Connection, sync_type: str, data_type: str, progress: Progress,
+               started: float) -> FetchResult:
+        user_id = connection.user_id
+        client = self.shopify_client(connection)
+        result = FetchResult()
+        key = sync_key(user_id, sync_type, data_type)
+        checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
+        if checkpoint is None:
+            self.pages.drop(key)  # pages left by a sync whose checkpoint was cleared must not be loaded
+            self.state.set_status(user_id, data_type, "fetching", sync_type, stage="plan",
+                                  message=f"Planning the {sync_type} sync of {data_type}...")
+            checkpoint = self.state.save_checkpoint(Checkpoint(
+                user_id, sync_type, data_type, self._plan(client, connection, sync_type, data_type)))
+        else:
+            result.resumed = True
+        state = checkpoint.state
+        result.only_recent_orders = bool(state.get("only_recent_orders"))
+        for piece in state["slices"]:  # failed pages are fetched again, from their slice's cursor
+            piece["failed"] = None
+        work = [piece for piece in state["slices"] if not piece["done"]]
+        lock = threading.Lock()
+        holder = {"checkpoint": checkpoint}
+        stop = threading.Event()
+        noun = data_type
+
+        def save(piece: dict, page_records: int, next_url: str | None) -> None:
+            with lock:
+                piece["next"] = _path(next_url)
+                piece["done"] = next_url is None
+                piece["pages"] += 1
+                piece["records"] += page_records
+                state["pages"] += 1
+                state["records"] += page_records
+                result.pages_this_run += 1
+                holder["checkpoint"] = self.state.save_checkpoint(
+                    Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version))
+                message = f"Fetching page {state['pages']}... ({state['records']} {noun} so far)"
+                self.state.set_status(user_id, data_type, "fetching", sync_type, stage="fetch",
+                                      page=state["pages"], recordCount=state["records"], message=message)
+                self._renew_lease(user_id, data_type)
+            progress(message)
+
+        def run_slice(piece: dict) -> None:
+            while not piece["done"] and not stop.is_set():
+                url = _absolute(client.base_url, piece["next"]) if piece["next"] else _slice_url(
+                    client, data_type, state, piece)
+                try:
+                    page = client.fetch_page(data_type, url)
+                except InvalidCursorError:
+                    log.warning("slice %s: Shopify refused its cursor; restarting the slice", piece["i"])
+                    with lock:
+                        state["pages"] -= piece["pages"]
+                        state["records"] -= piece["records"]
+                        piece.update(next=None, pages=0, records=0)
+                    continue
+                except TransientError as error:
+                    with lock:
+                        piece["failed"] = {"page": piece["pages"] + 1, "error": str(error)[:300]}
+                    return
+                except PermanentError:
+                    stop.set()
+                    raise
+                self.pages.put(key, page_number(piece["i"], piece["pages"] + 1), page.body, len(page.records),
+                               page.url)
+                save(piece, len(page.records), page.next_url)
+
+        with ThreadPoolExecutor(max(1, min(len(work), self.options.slices)), thread_name_prefix="fetch") as pool:
+            futures = [pool.submit(run_slice, piece) for piece in work]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+        stats = client.stats
+        result.requests, result.retries = stats.requests, stats.retries
+        result.throttled, result.throttle_wait_seconds = stats.throttled, stats.throttle_wait_seconds
+        if errors:
+            raise errors[0]
+        result.failed_pages = [{"slice": p["i"], **p["failed"]} for p in state["slices"] if p["failed"]]
+        state["fetch_done"] = not result.failed_pages and all(p["done"] for p in state["slices"])
+        self.state.save_checkpoint(Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version))
+        result.pages, result.records = state["pages"], state["records"]
+        result.seconds = time.monotonic() - started
+        if result.failed_pages:
+            self.state.set_status(
+                user_id, data_type, "failed", sync_type, stage="fetch", page=state["pages"],
+                recordCount=state["records"], failedPages=len(result.failed_pages),
+                message=f"{len(result.failed_pages)} page(s) of {data_type} failed after retries; "
+                "run the sync again to fetch only those.",
+                error={"failedPages": result.failed_pages},
+            )
+        else:
+            self.state.set_status(user_id, data_type, "fetched", sync_type, stage="fetch", page=state["pages"],
+                                  recordCount=state["records"],
+                                  message=f"Fetched {state['pages']} pages ({state['records']} {noun}).")
+        return result
+
+    def _plan(self, client: ShopifyClient, connection: Connection, sync_type: str, data_type: str) -> dict:
+        """The work of a new sync: a daily sync reads what changed since the high-water mark; a full
+        sync splits the created_at range into slices."""
+        started_at = _iso(datetime.now(timezone.utc))
+        state = {"started_at": started_at, "pages": 0, "records": 0, "fetch_done": False, "loaded": 0}
+        if data_type == "orders":
+            state["only_recent_orders"] = "read_all_orders" not in client.granted_scopes()
+            if state["only_recent_orders"]:
+                log.warning("%s: no read_all_orders scope: Shopify shows only the last 60 days of orders",
+                            connection.user_id)
+        high_water = connection.high_water.get(data_type)
+        if sync_type == "daily" and high_water:
+            since = datetime.fromisoformat(high_water.replace("Z", "+00:00")) - self.options.lookback
+            state["filters"] = {"updated_at_min": _iso(since)}
+            state["slices"] = [_slice(0, None, None)]
+            return state
+        state["filters"] = {}
+        state["slices"] = [_slice(i, lo, hi) for i, (lo, hi) in enumerate(self._slices(client, data_type))]
+        return state
+
+    def _slices(self, client: ShopifyClient, data_type: str) -> list[tuple[str | None, str | None]]:
+        if self.options.slices <= 1 or client.count(data_type) < self.options.min_records_to_slice:
+            return [(None, None)]
+        oldest = client.fetch_page(data_type, client.first_page_url(
+            data_type, {"limit": 1, "order": "created_at asc", "fields": "id,created_at"})).records
+        if not oldest:
+            return [(None, None)]
+        low = datetime.fromisoformat(oldest[0]["created_at"]).astimezone(timezone.utc).replace(microsecond=0)
+        span = (datetime.now(timezone.utc) - low) / self.options.slices
+        bounds = [low + span * i for i in range(self.options.slices)]
+        # created_at_min/max are inclusive and to the second: each slice ends a second before the next.
+        # The first slice has no lower bound and the last none above, so nothing created meanwhile is missed.
+        return [
+            (None if i == 0 else _iso(start),
+             None if i == len(bounds) - 1 else _iso(bounds[i + 1] - timedelta(seconds=1)))
+            for i, start in enumerate(bounds)
+        ]
+
+    # Load ----------------------------------------------------------------------------------------
+
+    def load(self, user_id: str, sync_type: str, data_type: str, progress: Progress | None = None) -> LoadResult:
+        """Write every staged page not loaded yet, in batches of 25; save batches that still fail.
+
+        Failed batches of earlier runs of this sync are retried first. When the fetch is complete and
+        nothing failed, the sync finishes: high-water mark, last-sync time, checkpoint and pages cleared.
+        """
+        _check(sync_type, data_type)
+        started = time.monotonic()
+        progress = progress or _quiet
+        result = LoadResult()
+        with self._lease(user_id, data_type):
+            checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
+            if checkpoint is None:
+                result.finished = True
+                progress(f"Nothing to load for {user_id} {sync_type} {data_type}: no sync in progress.")
+                return result
+            earlier = self.retry_failed_batches(user_id, sync_type, data_type, _locked=True)
+            result.retried_batches = earlier.retried
+            key = sync_key(user_id, sync_type, data_type)
+            state = checkpoint.state
+            position = 0
+            pages = list(self.pages.list(key))
+            for index, page in enumerate(pages, start=1):
+                first = position + 1
+                position += page.records
+                if page.loaded:
+                    continue
+                records = parse_json(self.pages.body(key, page))[data_type]
+                report = self.writer.write_records(user_id, data_type, records, first_position=first)
+                for batch in report.failed_batches:
+                    self.state.save_failed_batch(user_id, sync_type, data_type, batch.first, batch.last,
+                                                 batch.records, batch.error, batch.attempts)
+                    result.failed_batches.append({"range": batch.range, "count": len(batch.records),
+                                                  "error": batch.error})
+                self.pages.mark_loaded(key, page.number)
+                result.pages += 1
+                result.records_written += report.written
+                if len(result.preview) < 5:
+                    result.preview.extend(records[: 5 - len(result.preview)])
+                message = f"Loading page {index} of {len(pages)}... ({position} {data_type} written)"
+                self.state.set_status(user_id, data_type, "loading", sync_type, stage="load", page=index,
+                                      recordCount=position, message=message)
+                self._renew_lease(user_id, data_type)
+                progress(message)
+            still_failed = self.state.failed_batches(user_id, sync_type, data_type)
+            result.finished = state.get("fetch_done", False) and not still_failed
+            if result.finished:
+                self._finish(user_id, sync_type, data_type, state, key)
+            else:
+                failed_pages = [p for p in state["slices"] if p.get("failed")]
+                self.state.set_status(
+                    user_id, data_type, "failed", sync_type, stage="load", recordCount=position,
+                    failedPages=len(failed_pages), failedBatches=len(still_failed),
+                    failedBatchRanges=[b["range"] for b in still_failed],
+                    message=_failure_message(data_type, failed_pages, still_failed, sync_type, user_id),
+                )
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _finish(self, user_id: str, sync_type: str, data_type: str, state: dict, key: str) -> None:
+        self.connections.record_finished(user_id, sync_type, data_type, state["started_at"])
+        self.state.clear_checkpoint(user_id, sync_type, data_type)
+        self.pages.drop(key)
+        self.state.set_status(user_id, data_type, "completed", sync_type, stage="done", page=state["pages"],
+                              recordCount=state["records"],
+                              message=f"Sync complete: {state['records']} {data_type} in {state['pages']} pages.")
+
+    # Recovery ------------------------------------------------------------------------------------
+
+    def retry_failed_batches(self, user_id: str, sync_type: str, data_type: str,
+                             _locked: bool = False) -> RetryResult:
+        """Write the saved failed batches of (user, sync type, data type) again.
+
+        Returns success (nothing left), how many batches were retried, and how many still fail.
+        """
+        _check(sync_type, data_type)
+        entries = self.state.failed_batches(user_id, sync_type, data_type)
+        if not entries:
+            return RetryResult(True, 0, 0)
+        still_failed = 0
+        with self._lease(user_id, data_type, held=_locked):
+            for entry in entries:
+                records = self.state.failed_batch_records(entry)
+                first = int(entry["range"].split("-")[0])
+                report = self.writer.write_records(user_id, data_type, records, first_position=first)
+                if report.failed_batches:
+                    still_failed += 1
+                    continue
+                self.state.remove_failed_batch(user_id, sync_type, data_type, entry["id"])
+        return RetryResult(still_failed == 0, len(entries), still_failed)
+
+    def _fail(self, user_id: str, sync_type: str, data_type: str, stage: str, error: Exception) -> None:
+        reason = getattr(error, "reason", type(error).__name__)
+        self.state.set_status(user_id, data_type, "failed", sync_type, stage=stage, message=str(error),
+                              error={"type": type(error).__name__, "reason": reason,
+                                     "permanent": isinstance(error, PermanentError)})
+
+    # Lease ---------------------------------------------------------------------------------------
+
+    class _Lease:
+        def __init__(self, engine: SyncEngine, user_id: str, data_type: str, held: bool) -> None:
+            self.engine, self.user_id, self.data_type, self.held = engine, user_id, data_type, held
+
+        def __enter__(self) -> None:
+            if not self.held:
+                self.engine.state.acquire_lease(self.user_id, self.data_type, self.engine.owner)
+                self.engine._lease_renewed = time.monotonic()
+
+        def __exit__(self, *exc: object) -> None:
+            if not self.held:
+                self.engine.state.release_lease(self.user_id, self.data_type, self.engine.owner)
+
+    def _lease(self, user_id: str, data_type: str, held: bool = False) -> SyncEngine._Lease:
+        return SyncEngine._Lease(self, user_id, data_type, held)
+
+    _lease_renewed = 0.0
+
+    def _renew_lease(self, user_id: str, data_type: str) -> None:
+        """Extend the lease when a third of it has passed (a write per page would be wasteful)."""
+        if time.monotonic() - self._lease_renewed > self.settings.lease_seconds / 3:
+            self.state.acquire_lease(user_id, data_type, self.owner)
+            self._lease_renewed = time.monotonic()
+
+
+def _slice(index: int, low: str | None, high: str | None) -> dict:
+    return {"i": index, "min": low, "max": high, "next": None, "pages": 0, "records": 0, "done": False,
+            "failed": None}
+
+
+def _slice_url(client: ShopifyClient, data_type: str, state: dict, piece: dict) -> str:
+    params = dict(state.get("filters", {}))
+    if piece.get("min"):
+        params["created_at_min"] = piece["min"]
+    if piece.get("max"):
+        params["created_at_max"] = piece["max"]
+    return client.first_page_url(data_type, params)
+
+
+def _path(url: str | None) -> str | None:
+    """A next link without its scheme and host (the checkpoint stays small; the host is the shop's)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path
+
+
+def _absolute(base_url: str, path: str) -> str:
+    parts = urlsplit(base_url)
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check(sync_type: str, data_type: str) -> None:
+    if sync_type not in SYNC_TYPES:
+        raise SettingsError(f"unknown sync type {sync_type!r}; expected one of {', '.join(SYNC_TYPES)}")
+    if data_type not in DATA_TYPES:
+        raise SettingsError(f"unknown data type {data_type!r}; expected one of {', '.join(DATA_TYPES)}")
+
+
+def _failure_message(data_type: str, failed_pages: list, failed_batches: list, sync_type: str, user: str) -> str:
+    parts = []
+    if failed_pages:
+        parts.append(f"{len(failed_pages)} page(s) failed to fetch (run the sync again to fetch only those)")
+    if failed_batches:
+        ranges = ", ".join(b["range"] for b in failed_batches[:10])
+        parts.append(f"{len(failed_batches)} batch(es) failed to write ({ranges}); retry with "
+                     f"`shopify-pipeline retry-failed {user} --sync-type {sync_type} --data-type {data_type}`")
+    return f"{data_type}: " + "; ".join(parts) if parts else f"{data_type}: fetch incomplete"
+
+
+def _quiet(message: str) -> None:
+    log.info(message)

@@ -1,0 +1,170 @@
+"""The seed's service API in Python: syncs per user, status, checkpoints, failed batches, connections.
+
+    service = SyncService.from_env()
+    service.add_connection("user-1", "acme.myshopify.com", "env:ACME_TOKEN")
+    result = service.initial_sync("user-1")
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from shopify_pipeline.dynamo.connections import Connection, check_user_id
+from shopify_pipeline.dynamo.pages import sync_key
+from shopify_pipeline.dynamo.state import RUNNING
+from shopify_pipeline.errors import PermanentError, TransientError
+from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, Settings, ShopifySettings
+from shopify_pipeline.sync.engine import Progress, RetryResult, SyncEngine, SyncOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataTypeResult:
+    records: int = 0
+    pages: int = 0
+    pages_fetched_this_run: int = 0
+    failed_pages: list[dict] = field(default_factory=list)
+    failed_batches: list[dict] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    error: str | None = None
+
+
+@dataclass
+class SyncResult:
+    """The outcome of one user's sync: success means every data type finished with nothing failed."""
+
+    user_id: str
+    sync_type: str
+    success: bool
+    data_types: dict[str, DataTypeResult]
+
+    @property
+    def records(self) -> dict[str, int]:
+        return {name: result.records for name, result in self.data_types.items()}
+
+
+class SyncService:
+    def __init__(self, engine: SyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_env(cls, options: SyncOptions | None = None) -> SyncService:
+        return cls(SyncEngine(Settings.from_env(), ShopifySettings.from_env(), options))
+
+    # Syncs ---------------------------------------------------------------------------------------
+
+    def initial_sync(self, user_id: str, data_types=DATA_TYPES, progress: Progress | None = None) -> SyncResult:
+        return self.sync(user_id, "initial", data_types, progress)
+
+    def manual_sync(self, user_id: str, data_types=DATA_TYPES, progress: Progress | None = None) -> SyncResult:
+        return self.sync(user_id, "manual", data_types, progress)
+
+    def daily_sync(self, user_id: str, data_types=DATA_TYPES, progress: Progress | None = None) -> SyncResult:
+        return self.sync(user_id, "daily", data_types, progress)
+
+    def sync(self, user_id: str, sync_type: str, data_types=DATA_TYPES, progress: Progress | None = None) -> SyncResult:
+        """Fetch then load each data type. A permanent error (bad token …) stops the user's sync; a
+        transient one is recorded for that data type and the others go on."""
+        check_user_id(user_id)
+        results: dict[str, DataTypeResult] = {}
+        success = True
+        for data_type in data_types:
+            outcome = results[data_type] = DataTypeResult()
+            try:
+                fetched = self.engine.fetch(user_id, sync_type, data_type, progress)
+                loaded = self.engine.load(user_id, sync_type, data_type, progress)
+            except PermanentError as error:
+                outcome.error = str(error)
+                success = False
+                if getattr(error, "reason", None):  # a Shopify error: every data type would fail alike
+                    break
+                continue
+            except TransientError as error:
+                outcome.error = str(error)
+                success = False
+                continue
+            outcome.records, outcome.pages = fetched.records, fetched.pages
+            outcome.pages_fetched_this_run = fetched.pages_this_run
+            outcome.failed_pages, outcome.failed_batches = fetched.failed_pages, loaded.failed_batches
+            outcome.requests, outcome.retries, outcome.throttled = fetched.requests, fetched.retries, fetched.throttled
+            success = success and loaded.finished
+        return SyncResult(user_id, sync_type, success, results)
+
+    def retry_failed_batches(self, user_id: str, sync_type: str, data_type: str) -> RetryResult:
+        """The seed's manual retry: (success, retried, still failed)."""
+        return self.engine.retry_failed_batches(user_id, sync_type, data_type)
+
+    # Status and checkpoints ----------------------------------------------------------------------
+
+    def get_sync_status(self, user_id: str) -> dict:
+        """The user's status: overall, and per data type (status, stage, counts, page, message, updatedAt).
+
+        A running status whose last update is older than the lease is reported as `stuck`."""
+        per_type = self.engine.state.get_status(user_id)
+        now = datetime.now(timezone.utc)
+        for status in per_type.values():
+            updated = datetime.fromisoformat(status["updatedAt"].replace("Z", "+00:00"))
+            status["stuck"] = (status["status"] in RUNNING
+                               and (now - updated).total_seconds() > self.engine.settings.lease_seconds)
+        statuses = {s["status"] for s in per_type.values()}
+        if not per_type:
+            overall = "never_synced"
+        elif "failed" in statuses:
+            overall = "failed"
+        elif statuses & set(RUNNING) or "fetched" in statuses:
+            overall = "running"
+        else:
+            overall = "completed"
+        return {"userId": user_id, "status": overall, "dataTypes": per_type}
+
+    def clear_sync_status(self, user_id: str, data_type: str | None = None) -> int:
+        return self.engine.state.clear_status(user_id, data_type)
+
+    def load_checkpoint(self, user_id: str, sync_type: str) -> dict[str, dict]:
+        """{data type: checkpoint state and version} for every data type with a checkpoint."""
+        _check_sync_type(sync_type)
+        out = {}
+        for data_type in DATA_TYPES:
+            checkpoint = self.engine.state.load_checkpoint(user_id, sync_type, data_type)
+            if checkpoint:
+                out[data_type] = {"version": checkpoint.version, "updatedAt": checkpoint.updated_at,
+                                  **checkpoint.state}
+        return out
+
+    def clear_checkpoint(self, user_id: str, sync_type: str, data_type: str | None = None) -> list[str]:
+        """Forget where a sync stood, with its staged pages; the next run starts over. Works on a
+        corrupt checkpoint too. Returns the data types cleared."""
+        _check_sync_type(sync_type)
+        cleared = []
+        for name in [data_type] if data_type else DATA_TYPES:
+            if self.engine.state.has_checkpoint(user_id, sync_type, name):
+                self.engine.state.clear_checkpoint(user_id, sync_type, name)
+                self.engine.pages.drop(sync_key(user_id, sync_type, name))
+                cleared.append(name)
+        return cleared
+
+    # Connections ---------------------------------------------------------------------------------
+
+    def add_connection(self, user_id: str, shop: str, token_ref: str) -> Connection:
+        from shopify_pipeline.shopify.client import shop_base_url
+
+        shop_base_url(shop, self.engine.shopify_settings.allow_local_shops)  # refuse a bad domain now
+        return self.engine.connections.add(user_id, shop, token_ref)
+
+    def list_connections(self) -> list[Connection]:
+        return self.engine.connections.list()
+
+    def remove_connection(self, user_id: str) -> bool:
+        return self.engine.connections.remove(user_id)
+
+
+def _check_sync_type(sync_type: str) -> None:
+    if sync_type not in SYNC_TYPES:
+        from shopify_pipeline.settings import SettingsError
+
+        raise SettingsError(f"unknown sync type {sync_type!r}; expected one of {', '.join(SYNC_TYPES)}")

@@ -1,0 +1,52 @@
+"""Fixtures for engine tests: the simulator (a real HTTP server) and DynamoDB Local together."""
+
+import json
+
+import pytest
+
+from shopify_pipeline.dynamo.records import RecordTable
+from shopify_pipeline.exact_json import parse_json
+from shopify_pipeline.settings import ShopifySettings
+from shopify_pipeline.simulator import FaultConfig, ShopConfig, Simulator
+from shopify_pipeline.sync.engine import SyncEngine, SyncOptions
+from shopify_pipeline.sync.service import SyncService
+
+FAST_SHOPIFY = ShopifySettings(allow_local_shops=True, backoff_seconds=0.01, timeout_seconds=2.0)
+
+SHOPS = [
+    ShopConfig("acme", "shpat_acme", orders=1200, products=40, customers=60, seed=11, plan="plus",
+               large_order_every=500),
+    ShopConfig("small", "shpat_small", orders=60, products=5, customers=7, seed=12, plan="plus"),
+    ShopConfig("frozen", "shpat_frozen", orders=5, state="frozen"),
+    ShopConfig("recent", "shpat_recent", orders=30, scopes=("read_orders", "read_products", "read_customers"),
+               history_days=200, plan="plus"),
+]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with Simulator(SHOPS, time_scale=10) as running:
+        yield running
+
+
+@pytest.fixture
+def service(settings, sim):
+    for shop in SHOPS:
+        sim.set_faults(shop.name, FaultConfig())
+    engine = SyncEngine(settings, FAST_SHOPIFY, SyncOptions(slices=4, min_records_to_slice=500))
+    svc = SyncService(engine)
+    for shop in SHOPS:
+        svc.add_connection(f"user-{shop.name}", sim.shop_url(shop.name), f"literal:{shop.token}")
+    return svc
+
+
+def source_of_truth(sim, shop: str, data_type: str) -> dict[int, dict]:
+    """The simulator's records, with fractions as Decimal like ours (its floats print back exactly)."""
+    return {doc["id"]: doc for doc in (parse_json(json.dumps(r)) for r in sim.records(shop, data_type))}
+
+
+def stored(service, user: str, data_type: str) -> dict[int, dict]:
+    table = RecordTable(service.engine.dynamodb, service.engine.settings, data_type)
+    docs = list(table.documents(user))
+    assert len(docs) == len({d["id"] for d in docs})
+    return {doc["id"]: doc for doc in docs}
