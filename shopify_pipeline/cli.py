@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from shopify_pipeline.settings import Settings
+from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, Settings
 
 
 def _local_dynamodb(args: argparse.Namespace) -> int:
@@ -53,6 +53,108 @@ def _simulator(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _service():
+    from shopify_pipeline.sync.service import SyncService
+
+    return SyncService.from_env()
+
+
+def _print(args: argparse.Namespace, data, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def _users(args: argparse.Namespace) -> int:
+    service = _service()
+    if args.action == "add":
+        if not (args.shop and args.token_ref):
+            raise SystemExit("users add needs --shop and --token-ref (env:VAR, secretsmanager:ID or literal:TOKEN)")
+        connection = service.add_connection(args.user, args.shop, args.token_ref)
+        _print(args, connection.__dict__, f"added {connection.user_id} → {connection.shop}")
+    elif args.action == "remove":
+        removed = service.remove_connection(args.user)
+        _print(args, {"removed": removed}, f"removed {args.user}" if removed else f"no connection for {args.user}")
+    else:
+        connections = service.list_connections()
+        rows = [f"{c.user_id:24} {c.shop:40} last syncs: {c.last_sync or '-'}" for c in connections]
+        _print(args, [c.__dict__ for c in connections], "\n".join(rows) or "no users connected")
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from shopify_pipeline.cli_progress import ProgressLine
+
+    service = _service()
+    data_types = tuple(args.data_types.split(",")) if args.data_types else DATA_TYPES
+    with ProgressLine(enabled=not args.json) as line:
+        result = service.sync(args.user, args.type, data_types, progress=line.update)
+    summary = {name: r.__dict__ for name, r in result.data_types.items()}
+    text = [f"{args.type} sync of {args.user}: {'succeeded' if result.success else 'FAILED'}"]
+    for name, r in result.data_types.items():
+        text.append(f"  {name:10} {r.records:7} records  {r.pages:4} pages  {r.retries} retries  "
+                    f"{r.throttled} 429s waited out  {len(r.failed_pages)} failed pages  "
+                    f"{len(r.failed_batches)} failed batches" + (f"\n    error: {r.error}" if r.error else ""))
+    if not result.success:
+        text.append(f"  next: `shopify-pipeline status --user {args.user}` says what failed and what to run.")
+    _print(args, {"success": result.success, "dataTypes": summary}, "\n".join(text))
+    return 0 if result.success else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = _service().get_sync_status(args.user)
+    lines = [f"{status['userId']}: {status['status']}"]
+    for name, s in sorted(status["dataTypes"].items()):
+        stuck = "  (STUCK: no progress for longer than the lease; see the runbook)" if s.get("stuck") else ""
+        lines.append(f"  {name:10} {s['status']:10} {s.get('syncType', '-'):8} {s.get('message', '')}  "
+                     f"[updated {s['updatedAt']}]{stuck}")
+        if s.get("failedBatchRanges"):
+            lines.append(f"             failed batches: {', '.join(s['failedBatchRanges'])}")
+    _print(args, status, "\n".join(lines))
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    service = _service()
+    if args.action == "clear":
+        cleared = service.clear_checkpoint(args.user, args.sync_type, args.data_type)
+        _print(args, {"cleared": cleared},
+               f"cleared {', '.join(cleared)}" if cleared else "no checkpoint to clear")
+        return 0
+    checkpoints = service.load_checkpoint(args.user, args.sync_type)
+    lines = [f"{args.user} {args.sync_type}: no checkpoint (nothing in progress)"] if not checkpoints else []
+    for name, c in checkpoints.items():
+        slices = c.get("slices", [])
+        lines.append(f"{name}: version {c['version']}, {c.get('pages', 0)} pages / {c.get('records', 0)} records "
+                     f"fetched, {sum(s['done'] for s in slices)}/{len(slices)} slices done, updated {c['updatedAt']}")
+    _print(args, checkpoints, "\n".join(lines))
+    return 0
+
+
+def _clear(args: argparse.Namespace) -> int:
+    cleared = _service().clear_sync_status(args.user, args.data_type, args.release_lease)
+    leases = " and released its leases" if args.release_lease else ""
+    _print(args, {"cleared": cleared}, f"cleared {cleared} status item(s) of {args.user}{leases}")
+    return 0
+
+
+def _retry_failed(args: argparse.Namespace) -> int:
+    result = _service().retry_failed_batches(args.user, args.sync_type, args.data_type)
+    _print(args, result.__dict__, f"retried {result.retried} batch(es); {result.still_failed} still failed")
+    return 0 if result.success else 1
+
+
+def _failed_batches(args: argparse.Namespace) -> int:
+    found = _service().engine.state.find_failed_batches(args.data_type, args.user)
+    lines = [f"{f['userId']} {f['syncType']}: " + ", ".join(b["range"] for b in f["batches"]) for f in found]
+    _print(args, found, "\n".join(lines) or f"no failed {args.data_type} batches")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from shopify_pipeline.demo import run_demo
+
+    return run_demo(orders=args.orders, keep_running=args.keep_running)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopify-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -72,6 +174,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(simulator)
     simulator.set_defaults(func=_simulator)
+
+    def command(name: str, func, help_text: str, user: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        if user:
+            sub.add_argument("--user", required=True, help="the user id (a Dagster partition key)")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.set_defaults(func=func)
+        return sub
+
+    users = command("users", _users, "add, list or remove users' shop connections", user=False)
+    users.add_argument("action", choices=("add", "list", "remove"))
+    users.add_argument("--user", help="the user id (for add and remove)")
+    users.add_argument("--shop", help="acme.myshopify.com (add)")
+    users.add_argument("--token-ref", help="where the token is: env:VAR, secretsmanager:ID, literal:TOKEN (add)")
+
+    sync = command("sync", _sync, "sync one user now (fetch and load), with progress")
+    sync.add_argument("--type", choices=SYNC_TYPES, default="manual", help="sync type (default manual)")
+    sync.add_argument("--data-types", help="comma-separated subset of orders,products,customers")
+
+    command("status", _status, "a user's durable sync status")
+
+    checkpoint = command("checkpoint", _checkpoint, "show or clear a user's checkpoint")
+    checkpoint.add_argument("action", choices=("show", "clear"))
+    checkpoint.add_argument("--sync-type", choices=SYNC_TYPES, required=True)
+    checkpoint.add_argument("--data-type", choices=DATA_TYPES, help="clear only this data type")
+
+    clear = command("clear", _clear, "clear a user's (stuck) sync status")
+    clear.add_argument("--data-type", choices=DATA_TYPES)
+    clear.add_argument("--release-lease", action="store_true",
+                       help="also release the lease of a sync whose process died (only when none is running)")
+
+    retry = command("retry-failed", _retry_failed, "write a user's saved failed batches again")
+    retry.add_argument("--sync-type", choices=SYNC_TYPES, required=True)
+    retry.add_argument("--data-type", choices=DATA_TYPES, required=True)
+
+    failed = command("failed-batches", _failed_batches, "list saved failed batches (monitoring)", user=False)
+    failed.add_argument("--data-type", choices=DATA_TYPES, default="orders")
+    failed.add_argument("--user", help="only this user")
+
+    demo = command("demo", _demo, "run the whole pipeline locally: DynamoDB Local, simulator, Dagster", user=False)
+    demo.add_argument("--orders", type=int, default=2000, help="orders in the healthy demo shop (default 2000)")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="leave DynamoDB Local and the simulator running afterwards (for `make ui`)")
     return parser
 
 

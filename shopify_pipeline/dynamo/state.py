@@ -384,6 +384,11 @@ class StateStore:
         item = self._call("get_item", Key=self._key(user_id, f"lease_{data_type}"), ConsistentRead=True).get("Item")
         return {k: deserialize(v) for k, v in item.items()} if item else None
 
+    def break_lease(self, user_id: str, data_type: str) -> bool:
+        """Remove the lease whoever holds it (an operator's command after a sync process died)."""
+        old = self._call("delete_item", Key=self._key(user_id, f"lease_{data_type}"), ReturnValues="ALL_OLD")
+        return "Attributes" in old
+
     def release_lease(self, user_id: str, data_type: str, owner: str) -> None:
         """Give the lease back if we still hold it (a no-op when someone else holds it now)."""
         with contextlib.suppress(ConditionFailedError):

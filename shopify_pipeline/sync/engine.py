@@ -426,7 +426,7 @@ def _failure_message(data_type: str, failed_pages: list, failed_batches: list, s
     if failed_batches:
         ranges = ", ".join(b["range"] for b in failed_batches[:10])
         parts.append(f"{len(failed_batches)} batch(es) failed to write ({ranges}); retry with "
-                     f"`shopify-pipeline retry-failed {user} --sync-type {sync_type} --data-type {data_type}`")
+                     f"`shopify-pipeline retry-failed --user {user} --sync-type {sync_type} --data-type {data_type}`")
     return f"{data_type}: " + "; ".join(parts) if parts else f"{data_type}: fetch incomplete"
 
 

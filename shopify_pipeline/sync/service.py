@@ -122,7 +122,12 @@ class SyncService:
             overall = "completed"
         return {"userId": user_id, "status": overall, "dataTypes": per_type}
 
-    def clear_sync_status(self, user_id: str, data_type: str | None = None) -> int:
+    def clear_sync_status(self, user_id: str, data_type: str | None = None, release_lease: bool = False) -> int:
+        """Delete a (stuck) status; with release_lease, also break the leases a dead sync left behind.
+        Returns how many status items were deleted."""
+        if release_lease:
+            for name in [data_type] if data_type else DATA_TYPES:
+                self.engine.state.break_lease(user_id, name)
         return self.engine.state.clear_status(user_id, data_type)
 
     def load_checkpoint(self, user_id: str, sync_type: str) -> dict[str, dict]:

@@ -1,0 +1,108 @@
+"""The seed's recovery scenarios for real: a failed batch 26-50 through the DynamoDB fault proxy, and a
+sync process killed with SIGKILL that resumes from its checkpoint."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from shopify_pipeline.dynamo.state import StateStore
+from shopify_pipeline.simulator import FaultConfig, ShopConfig, Simulator
+from shopify_pipeline.sync.engine import SyncEngine, SyncOptions
+from shopify_pipeline.sync.service import SyncService
+from shopify_pipeline_tests.support.dynamo_fault_proxy import DynamoFaultProxy
+from shopify_pipeline_tests.sync.conftest import FAST_SHOPIFY, source_of_truth, stored
+
+
+def test_failed_batch_26_50_is_saved_then_retried_to_success(settings, sim):
+    with DynamoFaultProxy(settings.dynamodb_endpoint_url) as proxy:
+        proxied = replace(settings, dynamodb_endpoint_url=proxy.endpoint_url, write_workers=1,
+                          unprocessed_retries=2, unprocessed_backoff_seconds=0.001)
+        service = SyncService(SyncEngine(proxied, FAST_SHOPIFY, SyncOptions(slices=1)))
+        service.add_connection("user-small", sim.shop_url("small"), "literal:shpat_small")
+        # The second BatchWriteItem (records 26-50) keeps coming back unprocessed: 1 try + 2 resubmissions.
+        original = service.engine.writer._submit
+        calls = {"n": 0}
+
+        def second_batch_fails(requests):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                proxy.add_fault("unprocessed", keep=0, count=3)
+            return original(requests)
+
+        service.engine.writer._submit = second_batch_fails
+        result = service.initial_sync("user-small", data_types=("orders",))
+
+        assert not result.success
+        assert [b["range"] for b in result.data_types["orders"].failed_batches] == ["26-50"]
+        status = service.get_sync_status("user-small")["dataTypes"]["orders"]
+        assert status["status"] == "failed" and status["failedBatchRanges"] == ["26-50"]
+        assert "retry-failed --user user-small --sync-type initial --data-type orders" in status["message"]
+        found = StateStore(service.engine.dynamodb, proxied).find_failed_batches("orders")
+        assert found[0]["syncType"] == "initial_failed_orders"
+        assert len(stored(service, "user-small", "orders")) == 60 - 25
+
+        proxy.clear_faults()
+        retried = service.retry_failed_batches("user-small", "initial", "orders")
+        assert (retried.success, retried.retried, retried.still_failed) == (True, 1, 0)
+        assert stored(service, "user-small", "orders") == source_of_truth(sim, "small", "orders")
+        # The next run of the sync finds nothing failed any more and finishes it.
+        assert service.initial_sync("user-small", data_types=("orders",)).success
+        assert service.get_sync_status("user-small")["dataTypes"]["orders"]["status"] == "completed"
+
+
+@pytest.fixture
+def slow_sim():
+    shop = ShopConfig("big", "shpat_big", orders=3000, seed=21, plan="plus",
+                      faults=FaultConfig(latency_seconds=0.05))
+    with Simulator([shop], time_scale=10) as running:
+        yield running
+
+
+def _sync_process(settings, sim) -> subprocess.Popen:
+    prefix = settings.tables.checkpoints.removesuffix("sync_checkpoints")
+    env = {**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": settings.dynamodb_endpoint_url,
+           "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix, "SHOPIFY_ALLOW_LOCAL_SHOPS": "1", "SHOPIFY_PAGE_SIZE": "100"}
+    return subprocess.Popen([sys.executable, "-m", "shopify_pipeline.cli", "sync", "--user", "user-big",
+                             "--type", "initial", "--data-types", "orders"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_sync_killed_with_sigkill_resumes_and_refetches_at_most_one_page_per_slice(settings, slow_sim):
+    engine = SyncEngine(settings, FAST_SHOPIFY)
+    SyncService(engine).add_connection("user-big", slow_sim.shop_url("big"), "literal:shpat_big")
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(3):
+        process = _sync_process(settings, slow_sim)
+        target = rng.randint(2, 8)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            status = engine.state.get_status("user-big").get("orders", {})
+            if status.get("page", 0) >= target + 8 * kills:
+                break
+            time.sleep(0.02)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+        # A killed process keeps its lease until it expires; the runbook's `clear --release-lease`
+        # hands it over at once.
+        SyncService(engine).clear_sync_status("user-big", "orders", release_lease=True)
+    final = _sync_process(settings, slow_sim)
+    assert final.wait(timeout=240) == 0
+    assert kills >= 2
+    page_requests = slow_sim.stats("big")["requests"]["orders"]
+    status = engine.state.get_status("user-big")["orders"]
+    assert status["status"] == "completed"
+    pages = status["page"]  # slices end with partial pages, so this is a little over 3000 / 100
+    planning = 1  # the oldest-order request made when planning slices
+    refetched = page_requests - pages - planning
+    print(f"{kills} kills: {refetched} pages fetched again ({pages} pages in all)")
+    assert 0 <= refetched <= kills * SyncOptions().slices, f"{refetched} pages fetched again after {kills} kills"
+    assert stored(SyncService(engine), "user-big", "orders") == source_of_truth(slow_sim, "big", "orders")
