@@ -7,6 +7,7 @@ materializes every user's assets through Dagster (instance in `.dagster_home`), 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -88,8 +89,6 @@ def run_demo(orders: int = 2000, keep_running: bool = False) -> int:
             print("\nDynamoDB Local and the simulator keep running; Ctrl-C stops them.", flush=True)
             stopped = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 stopped.wait()
-            except KeyboardInterrupt:
-                pass
     return 0

@@ -16,7 +16,7 @@ from itertools import islice
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shopify_pipeline.dynamo.client import error_code, missing_table_error
+from shopify_pipeline.dynamo.client import DynamoThrottledError, error_code, missing_table_error, translate_errors
 from shopify_pipeline.dynamo.codec import EncodedRecord, encode_record
 from shopify_pipeline.settings import Settings
 
@@ -83,6 +83,28 @@ class BatchWriter:
                 in_flight.add(pool.submit(self._write_batch, user_id, data_type, first, batch))
             self._collect(in_flight, report)
         return report
+
+    def delete_records(self, user_id: str, data_type: str, record_ids: Iterable[int]) -> int:
+        """Delete records by id (deleted in Shopify); absent ones are no-ops. Returns how many were asked.
+
+        Raises DynamoThrottledError when DynamoDB keeps them unprocessed: the staged deletion page then
+        stays unloaded and the next run deletes again.
+        """
+        table = self._settings.tables.records(data_type)
+        ids = sorted(set(record_ids))
+        for group in _groups(ids, self._settings.batch_size):
+            requests = [{"DeleteRequest": {"Key": {"userId": {"S": user_id}, "id": {"N": str(i)}}}} for i in group]
+            pending = {table: requests}
+            for attempt in range(self._settings.unprocessed_retries + 1):
+                if attempt:
+                    self._sleep(random.uniform(0, self._settings.unprocessed_backoff_cap_seconds))
+                with translate_errors(table, self._client.meta.endpoint_url):
+                    pending = self._client.batch_write_item(RequestItems=pending).get("UnprocessedItems")
+                if not pending:
+                    break
+            else:
+                raise DynamoThrottledError(f"DynamoDB kept deletes of {data_type} for {user_id} unprocessed")
+        return len(ids)
 
     def _collect(self, futures: Iterable[Future], report: WriteReport) -> None:
         for future in futures:

@@ -35,9 +35,10 @@ from shopify_pipeline.shopify.errors import (
     ShopNotFoundError,
     UnsafeUrlError,
 )
-from shopify_pipeline.shopify.pacer import PACERS, Pacer
+from shopify_pipeline.shopify.pacer import PACERS, FixedGapPacer, Pacer
 
-RESOURCES = ("orders", "products", "customers")
+RESOURCES = ("orders", "products", "customers", "events")
+EVENT_SUBJECTS = {"orders": "Order", "products": "Product", "customers": "Customer"}
 _SHOP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _LINK = re.compile(r'<([^>]+)>;\s*rel="?([a-z]+)"?')
 
@@ -155,7 +156,7 @@ class ShopifyClient:
         shop: str,
         token: str,
         settings: ShopifySettings | None = None,
-        pacer: Pacer | None = None,
+        pacer: Pacer | FixedGapPacer | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = (settings or ShopifySettings()).validated()
@@ -333,6 +334,12 @@ class ShopifyClient:
             query.setdefault("status", "any")
         document, _ = self.get_json(self.api_url(f"{resource}/count.json", query))
         return int(document["count"])
+
+    def deletion_events_url(self, resource: str, since: str) -> str:
+        """The first page of `destroy` events of `resource` records since `since` (deleted records never
+        appear in their own listing)."""
+        return self.first_page_url(
+            "events", {"filter": EVENT_SUBJECTS[resource], "verb": "destroy", "created_at_min": since})
 
     def granted_scopes(self) -> set[str]:
         """The scopes granted to our token (`/admin/oauth/access_scopes.json`)."""

@@ -100,6 +100,41 @@ class Pacer:
             self._level = max(self._level, self.size - self.margin + retry_after * self.leak_per_second)
 
 
+class FixedGapPacer:
+    """The seed's pacing: a fixed gap between requests (2 min for initial/manual, 30 s for daily).
+
+    Kept as an option (`SHOPIFY_PACING=fixed`); the adaptive Pacer is the default because it runs near
+    the plan's ceiling instead of far below it."""
+
+    def __init__(self, gap_seconds: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.gap_seconds = gap_seconds
+        self.leak_per_second = 1 / gap_seconds if gap_seconds else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self.waited_seconds = 0.0
+
+    def acquire(self) -> float:
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self.gap_seconds
+        wait = start - now
+        if wait > 0:
+            self._sleep(wait)
+            self.waited_seconds += wait
+        return wait
+
+    def observe(self, header: str | None) -> None:
+        """Fixed pacing ignores the bucket."""
+
+    def throttled(self, retry_after: float) -> None:
+        with self._lock:
+            self._next = max(self._next, self._clock() + retry_after)
+
+
 class PacerRegistry:
     """One Pacer per shop, shared by every client in this process."""
 

@@ -23,18 +23,21 @@ from urllib.parse import urlsplit
 from shopify_pipeline.dynamo.batch_writer import BatchWriter
 from shopify_pipeline.dynamo.client import dynamodb_client
 from shopify_pipeline.dynamo.connections import Connection, ConnectionStore
-from shopify_pipeline.dynamo.pages import PageStore, page_number, sync_key
+from shopify_pipeline.dynamo.pages import PAGES_PER_SLICE, PageStore, page_number, sync_key
 from shopify_pipeline.dynamo.state import Checkpoint, StateStore
 from shopify_pipeline.errors import PermanentError, TransientError
 from shopify_pipeline.exact_json import parse_json
 from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, Settings, SettingsError, ShopifySettings
 from shopify_pipeline.shopify.client import ShopifyClient
 from shopify_pipeline.shopify.errors import InvalidCursorError
+from shopify_pipeline.shopify.pacer import FixedGapPacer
 from shopify_pipeline.sync.tokens import resolve_token
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+
+DELETIONS_SLICE = 999  # staged pages of destroy events live in this slice, after the record slices
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class LoadResult:
     records_written: int = 0
     failed_batches: list[dict] = field(default_factory=list)
     retried_batches: int = 0
+    deleted: int = 0
     finished: bool = False
     seconds: float = 0.0
     preview: list[dict] = field(default_factory=list)
@@ -103,8 +107,14 @@ class SyncEngine:
         self.writer = BatchWriter(self.dynamodb, settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
-    def shopify_client(self, connection: Connection) -> ShopifyClient:
-        return ShopifyClient(connection.shop, resolve_token(connection.token_ref), self.shopify_settings)
+    def shopify_client(self, connection: Connection, sync_type: str | None = None) -> ShopifyClient:
+        """A client for the user's shop; with `SHOPIFY_PACING=fixed`, paced by the seed's fixed gaps."""
+        shopify = self.shopify_settings
+        pacer = None
+        if shopify.pacing == "fixed":
+            gap = shopify.fixed_gap_daily_seconds if sync_type == "daily" else shopify.fixed_gap_seconds
+            pacer = FixedGapPacer(gap)
+        return ShopifyClient(connection.shop, resolve_token(connection.token_ref), shopify, pacer=pacer)
 
     # Fetch ---------------------------------------------------------------------------------------
 
@@ -127,7 +137,7 @@ class SyncEngine:
     def _fetch(self, connection: Connection, sync_type: str, data_type: str, progress: Progress,
                started: float) -> FetchResult:
         user_id = connection.user_id
-        client = self.shopify_client(connection)
+        client = self.shopify_client(connection, sync_type)
         result = FetchResult()
         key = sync_key(user_id, sync_type, data_type)
         checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
@@ -198,8 +208,12 @@ class SyncEngine:
         result.throttled, result.throttle_wait_seconds = stats.throttled, stats.throttle_wait_seconds
         if errors:
             raise errors[0]
+        deletes = state.get("deletes")
+        if deletes and not deletes["done"] and not any(p["failed"] for p in state["slices"]):
+            holder["checkpoint"] = self._fetch_deletions(client, key, data_type, state, holder["checkpoint"])
         result.failed_pages = [{"slice": p["i"], **p["failed"]} for p in state["slices"] if p["failed"]]
-        state["fetch_done"] = not result.failed_pages and all(p["done"] for p in state["slices"])
+        state["fetch_done"] = (not result.failed_pages and all(p["done"] for p in state["slices"])
+                               and state.get("deletes", {}).get("done", True))
         self.state.save_checkpoint(Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version))
         result.pages, result.records = state["pages"], state["records"]
         result.seconds = time.monotonic() - started
@@ -217,20 +231,38 @@ class SyncEngine:
                                   message=f"Fetched {state['pages']} pages ({state['records']} {noun}).")
         return result
 
+    def _fetch_deletions(self, client: ShopifyClient, key: str, data_type: str, state: dict,
+                         checkpoint: Checkpoint) -> Checkpoint:
+        """Stage the `destroy` events since the high-water mark, as pages of their own slice."""
+        deletes = state["deletes"]
+        while not deletes["done"]:
+            url = _absolute(client.base_url, deletes["next"]) if deletes["next"] else client.deletion_events_url(
+                data_type, deletes["since"])
+            page = client.fetch_page("events", url)
+            self.pages.put(key, page_number(DELETIONS_SLICE, deletes["pages"] + 1), page.body, len(page.records),
+                           page.url)
+            deletes.update(next=_path(page.next_url), done=page.next_url is None, pages=deletes["pages"] + 1)
+            checkpoint = self.state.save_checkpoint(
+                Checkpoint(checkpoint.user_id, checkpoint.sync_type, checkpoint.data_type, state, checkpoint.version))
+        return checkpoint
+
     def _plan(self, client: ShopifyClient, connection: Connection, sync_type: str, data_type: str) -> dict:
         """The work of a new sync: a daily sync reads what changed since the high-water mark; a full
         sync splits the created_at range into slices."""
         started_at = _iso(datetime.now(timezone.utc))
         state = {"started_at": started_at, "pages": 0, "records": 0, "fetch_done": False, "loaded": 0}
-        if data_type == "orders":
+        if data_type == "orders" and sync_type != "daily":  # daily runs stay at one request when little changed
             state["only_recent_orders"] = "read_all_orders" not in client.granted_scopes()
             if state["only_recent_orders"]:
                 log.warning("%s: no read_all_orders scope: Shopify shows only the last 60 days of orders",
                             connection.user_id)
         high_water = connection.high_water.get(data_type)
-        if sync_type == "daily" and high_water:
-            since = datetime.fromisoformat(high_water.replace("Z", "+00:00")) - self.options.lookback
-            state["filters"] = {"updated_at_min": _iso(since)}
+        since = None
+        if high_water:  # records deleted since the last finished sync are removed too
+            since = _iso(datetime.fromisoformat(high_water.replace("Z", "+00:00")) - self.options.lookback)
+            state["deletes"] = {"since": since, "next": None, "pages": 0, "done": False}
+        if sync_type == "daily" and since:
+            state["filters"] = {"updated_at_min": since}
             state["slices"] = [_slice(0, None, None)]
             return state
         state["filters"] = {}
@@ -283,6 +315,12 @@ class SyncEngine:
                 first = position + 1
                 position += page.records
                 if page.loaded:
+                    continue
+                if page.number // PAGES_PER_SLICE == DELETIONS_SLICE:
+                    events = parse_json(self.pages.body(key, page))["events"]
+                    result.deleted += self.writer.delete_records(
+                        user_id, data_type, [e["subject_id"] for e in events if e.get("verb") == "destroy"])
+                    self.pages.mark_loaded(key, page.number)
                     continue
                 records = parse_json(self.pages.body(key, page))[data_type]
                 report = self.writer.write_records(user_id, data_type, records, first_position=first)

@@ -31,6 +31,7 @@ class DataTypeResult:
     requests: int = 0
     retries: int = 0
     throttled: int = 0
+    deleted: int = 0
     error: str | None = None
 
 
@@ -92,6 +93,7 @@ class SyncService:
             outcome.pages_fetched_this_run = fetched.pages_this_run
             outcome.failed_pages, outcome.failed_batches = fetched.failed_pages, loaded.failed_batches
             outcome.requests, outcome.retries, outcome.throttled = fetched.requests, fetched.retries, fetched.throttled
+            outcome.deleted = loaded.deleted
             success = success and loaded.finished
         return SyncResult(user_id, sync_type, success, results)
 

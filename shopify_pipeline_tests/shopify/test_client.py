@@ -17,7 +17,7 @@ from shopify_pipeline.shopify.errors import (
     ShopNotFoundError,
     UnsafeUrlError,
 )
-from shopify_pipeline.shopify.pacer import Pacer
+from shopify_pipeline.shopify.pacer import FixedGapPacer, Pacer
 from shopify_pipeline.simulator import FaultConfig, FaultRule, ShopConfig, Simulator
 
 FAST = ShopifySettings(allow_local_shops=True, backoff_seconds=0.01, timeout_seconds=2.0)
@@ -189,3 +189,14 @@ def test_pacer_waits_when_the_bucket_is_full():
     assert pacer.acquire() == pytest.approx(0.5)
     pacer.observe("40/40")
     assert pacer.acquire() == pytest.approx(1.5)
+
+
+def test_fixed_gap_pacing_spaces_requests_like_the_seed():
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    pacer = FixedGapPacer(30.0, clock=lambda: now[0], sleep=sleep)
+    waits = [pacer.acquire() for _ in range(3)]
+    assert waits == [0.0, 30.0, 30.0] and now[0] == 60.0

@@ -32,19 +32,20 @@ def test_a_second_sync_changes_and_duplicates_nothing(service, sim):
     assert stored(service, "user-small", "orders") == first == source_of_truth(sim, "small", "orders")
 
 
-def test_daily_sync_fetches_only_what_changed(service, sim):
+def test_daily_sync_fetches_only_what_changed_and_removes_deleted_records(service, sim):
     service.initial_sync("user-acme", data_types=("orders",))
     changed = sim.update_records("acme", "orders", n=7, seed=5) + sim.create_records("acme", "orders", n=3)
+    deleted = sim.delete_records("acme", "orders", n=2, seed=9)
     before = sim.stats("acme")["requests"]
     result = service.daily_sync("user-acme", data_types=("orders",))
     used = sim.stats("acme")["requests"]
-    assert result.success
+    assert result.success and result.data_types["orders"].deleted == 2
     # The changed records, plus whatever else changed within the lookback window before the mark.
     assert len(set(changed)) <= result.data_types["orders"].records < 250
-    page_requests = used.get("orders", 0) - before.get("orders", 0)
-    scope_requests = used.get("access_scopes", 0) - before.get("access_scopes", 0)
-    assert page_requests == 1 and page_requests + scope_requests <= 2
-    assert stored(service, "user-acme", "orders") == source_of_truth(sim, "acme", "orders")
+    made = {endpoint: count - before.get(endpoint, 0) for endpoint, count in used.items()}
+    assert made.get("orders") == 1 and sum(made.values()) <= 2, made  # one page + one page of deletions
+    now = stored(service, "user-acme", "orders")
+    assert now == source_of_truth(sim, "acme", "orders") and not set(deleted) & set(now)
 
 
 def test_timeouts_then_success_on_page_5(service, sim):
