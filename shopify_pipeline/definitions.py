@@ -1,5 +1,19 @@
-"""The one Dagster `Definitions` of this code location."""
+"""The one Dagster `Definitions` of this code location (see docs/dagster.md)."""
 
 import dagster as dg
 
-defs = dg.Definitions()
+from shopify_pipeline.defs.assets import sync_assets
+from shopify_pipeline.defs.checks import sync_checks
+from shopify_pipeline.defs.jobs import daily_sync_job, full_sync_job, retry_failed_batches_job
+from shopify_pipeline.defs.resources import resources_from_env
+from shopify_pipeline.defs.schedules import daily_sync_schedule
+from shopify_pipeline.defs.sensors import shopify_connections_sensor
+
+defs = dg.Definitions(
+    assets=sync_assets,
+    asset_checks=sync_checks,
+    jobs=[full_sync_job, daily_sync_job, retry_failed_batches_job],
+    schedules=[daily_sync_schedule],
+    sensors=[shopify_connections_sensor],
+    resources=resources_from_env(),
+)

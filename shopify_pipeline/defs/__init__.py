@@ -1,0 +1,1 @@
+"""The Dagster layer: partitions, resources, assets, checks, jobs, schedules and sensors over the engine."""

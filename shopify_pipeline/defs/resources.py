@@ -1,0 +1,140 @@
+"""Resources: where DynamoDB is, how we talk to Shopify, and the sync engine built from both once per run.
+
+`SHOPIFY_PIPELINE_ENV` chooses the set (`resources_from_env`):
+- `local` (default): DynamoDB Local at `AWS_ENDPOINT_URL_DYNAMODB`, simulator shops on loopback allowed;
+- `aws`: real DynamoDB through boto3's credential chain, only `*.myshopify.com` shops.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+
+import boto3
+import dagster as dg
+from botocore.config import Config
+from dagster_aws.utils import ResourceWithBoto3Configuration
+from pydantic import Field, PrivateAttr
+
+from shopify_pipeline.dynamo.client import RETRY_CONFIG
+from shopify_pipeline.settings import Settings, SettingsError, ShopifySettings
+from shopify_pipeline.sync.engine import SyncEngine, SyncOptions
+
+ENVIRONMENTS = ("local", "aws")
+_SHOPIFY_DEFAULTS = ShopifySettings()
+_DYNAMO_DEFAULTS = Settings()
+
+
+class DynamoDBResource(ResourceWithBoto3Configuration):
+    """DynamoDB, configured like every dagster-aws boto3 resource (region, endpoint_url, profile, keys)."""
+
+    table_prefix: str = Field(default="", description="Prefix of every table name (one set of tables per env).")
+    document_format: str = Field(
+        default=_DYNAMO_DEFAULTS.document_format,
+        description="How documents are stored: compressed (zlib JSON, cheaper) or native (a DynamoDB map).",
+    )
+
+    def settings(self) -> Settings:
+        """The engine's settings for these tables at this endpoint."""
+        settings = Settings(document_format=self.document_format).with_prefix(self.table_prefix)
+        return replace(settings, dynamodb_endpoint_url=self.endpoint_url or None,
+                       aws_region=self.region_name or _DYNAMO_DEFAULTS.aws_region)
+
+    def client(self):
+        """A low-level boto3 DynamoDB client with botocore's standard retries (throttling, 5xx)."""
+        session = boto3.session.Session(
+            profile_name=self.profile_name,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+        )
+        credentials = {}
+        if self.endpoint_url and session.get_credentials() is None:
+            # DynamoDB Local accepts any credentials; real AWS never gets these.
+            credentials = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+        config = RETRY_CONFIG.merge(Config(retries={"mode": "standard", "max_attempts": self.max_attempts}))
+        return session.client(
+            "dynamodb", region_name=self.region_name or _DYNAMO_DEFAULTS.aws_region,
+            endpoint_url=self.endpoint_url or None, use_ssl=self.use_ssl, verify=self.verify,
+            config=config, **credentials,
+        )
+
+
+class ShopifyResource(dg.ConfigurableResource):
+    """How we talk to Shopify's Admin REST API: version, page size, timeouts, retries and pacing."""
+
+    api_version: str = Field(default=_SHOPIFY_DEFAULTS.api_version, description="Admin API version, e.g. 2025-10.")
+    page_size: int = Field(default=_SHOPIFY_DEFAULTS.page_size, description="Records per page (1-250).")
+    timeout_seconds: float = Field(default=_SHOPIFY_DEFAULTS.timeout_seconds, description="Per-request timeout.")
+    retries: int = Field(default=_SHOPIFY_DEFAULTS.retries, description="Retries of a failing request.")
+    backoff_seconds: float = Field(
+        default=_SHOPIFY_DEFAULTS.backoff_seconds, description="First backoff between retries (doubles each time)."
+    )
+    pacing: str = Field(
+        default=_SHOPIFY_DEFAULTS.pacing,
+        description="adaptive (learn the leak rate from the call-limit header) or fixed (the seed's gaps).",
+    )
+    allow_local_shops: bool = Field(
+        default=False, description="Allow http://127.0.0.1 shops (the simulator); never in production."
+    )
+
+    def settings(self) -> ShopifySettings:
+        """These fields as the engine's ShopifySettings; SettingsError names a bad value."""
+        return ShopifySettings(
+            api_version=self.api_version, page_size=self.page_size, timeout_seconds=self.timeout_seconds,
+            retries=self.retries, backoff_seconds=self.backoff_seconds, pacing=self.pacing,
+            allow_local_shops=self.allow_local_shops,
+        ).validated()
+
+
+class SyncEngineResource(dg.ConfigurableResource):
+    """The sync engine (checkpoints, staged pages, status, failed batches, lease), built once per run."""
+
+    dynamodb: DynamoDBResource
+    shopify: ShopifyResource
+    slices: int = Field(default=SyncOptions.slices, description="Slices a full sync fetches in parallel.")
+    min_records_to_slice: int = Field(
+        default=SyncOptions.min_records_to_slice, description="Smaller listings are fetched as one slice."
+    )
+
+    _engine: SyncEngine | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._engine = self._build()
+
+    def engine(self) -> SyncEngine:
+        """The run's engine (built here when the resource is used outside a run, e.g. in a script)."""
+        if self._engine is None:
+            self._engine = self._build()
+        return self._engine
+
+    def _build(self) -> SyncEngine:
+        options = SyncOptions(slices=self.slices, min_records_to_slice=self.min_records_to_slice)
+        return SyncEngine(self.dynamodb.settings(), self.shopify.settings(), options, self.dynamodb.client())
+
+
+def _env_or(environ: Mapping[str, str], name: str, default: str) -> str | dg.EnvVar:
+    """`EnvVar(name)` when the variable is set (the UI shows where the value comes from), else `default`."""
+    return dg.EnvVar(name) if environ.get(name) else default
+
+
+def resources_from_env(environ: Mapping[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
+    """The resources for `SHOPIFY_PIPELINE_ENV` (local or aws); table prefix and Shopify knobs from the
+    variables of docs/dagster.md. Raises SettingsError for an unknown environment."""
+    env = os.environ if environ is None else environ
+    name = env.get("SHOPIFY_PIPELINE_ENV", "local")
+    if name not in ENVIRONMENTS:
+        raise SettingsError(f"SHOPIFY_PIPELINE_ENV={name!r} is unknown: use local (DynamoDB Local) or aws")
+    local = name == "local"
+    shopify = ShopifySettings.from_env(env)
+    dynamodb = DynamoDBResource(
+        # Local: the endpoint `shopify-pipeline local-dynamodb` printed; AWS: boto3's default endpoint.
+        endpoint_url=dg.EnvVar("AWS_ENDPOINT_URL_DYNAMODB") if local else None,
+        region_name=_env_or(env, "AWS_REGION", _DYNAMO_DEFAULTS.aws_region),
+        table_prefix=_env_or(env, "SHOPIFY_PIPELINE_TABLE_PREFIX", ""),
+        document_format=_env_or(env, "SHOPIFY_DOCUMENT_FORMAT", _DYNAMO_DEFAULTS.document_format),
+    )
+    shopify_resource = ShopifyResource(
+        api_version=shopify.api_version, page_size=shopify.page_size, timeout_seconds=shopify.timeout_seconds,
+        pacing=shopify.pacing, allow_local_shops=local,
+    )
+    return {"sync_engine": SyncEngineResource(dynamodb=dynamodb, shopify=shopify_resource)}

@@ -1,0 +1,29 @@
+"""The daily sync: one run per user partition, each with its own run key for the day."""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from shopify_pipeline.defs.assets import sync_run_config
+from shopify_pipeline.defs.jobs import daily_sync_job
+from shopify_pipeline.defs.partitions import USER_TAG, user_partitions
+
+
+@dg.schedule(
+    job=daily_sync_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every day at 03:00 UTC: a daily sync (changes only) of every connected user.",
+)
+def daily_sync_schedule(context: dg.ScheduleEvaluationContext):
+    """One RunRequest per user partition; the run key (user, day) makes a re-evaluation launch nothing twice."""
+    users = context.instance.get_dynamic_partitions(user_partitions.name)
+    if not users:
+        return dg.SkipReason("no users yet: the shopify_connections sensor adds them")
+    day = (context.scheduled_execution_time or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
+    return [
+        dg.RunRequest(run_key=f"daily:{user}:{day}", partition_key=user, run_config=sync_run_config("daily"),
+                      tags={USER_TAG: user})
+        for user in users
+    ]

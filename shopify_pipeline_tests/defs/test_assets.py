@@ -1,0 +1,100 @@
+"""Materializing user partitions with a real Dagster instance, DynamoDB Local and the simulator."""
+
+import dagster as dg
+
+from shopify_pipeline.defs.assets import pages_key, sync_assets, sync_run_config, table_key
+from shopify_pipeline.defs.checks import sync_checks
+from shopify_pipeline.settings import DATA_TYPES
+from shopify_pipeline.simulator import FaultConfig, FaultRule
+from shopify_pipeline_tests.defs.conftest import source_of_truth, stored
+
+
+def materialize(instance, sync_engine, user: str, data_types=DATA_TYPES, sync_type: str = "manual", **kwargs):
+    """Materialize the sync assets (and their checks) of `data_types` for `user` in `instance`."""
+    instance.add_dynamic_partitions("shopify_users", [user])
+    keys = {key for d in data_types for key in (pages_key(d), table_key(d))}
+    assets = [a for a in sync_assets if a.key in keys]
+    checks = [c for c in sync_checks if next(iter(c.check_keys)).asset_key in keys]
+    return dg.materialize(
+        [*assets, *checks], partition_key=user, instance=instance, resources={"sync_engine": sync_engine},
+        run_config=sync_run_config(sync_type, tuple(data_types)), raise_on_error=False, **kwargs,
+    )
+
+
+def metadata(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict:
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == key]
+    return {name: value.value for name, value in event.materialization.metadata.items()}
+
+
+def step_events(result, step: str, kind: dg.DagsterEventType) -> list:
+    return [e for e in result.all_events if e.step_key == step and e.event_type == kind]
+
+
+def test_a_user_partition_fills_dynamodb_exactly(instance, sync_engine, engine, connected, sim):
+    result = materialize(instance, sync_engine, "user-acme", sync_type="initial")
+    assert result.success
+    for data_type in DATA_TYPES:
+        assert stored(engine, "user-acme", data_type) == source_of_truth(sim, "acme", data_type)
+        fetched, loaded = metadata(result, pages_key(data_type)), metadata(result, table_key(data_type))
+        assert fetched["records"] == loaded["records"] == len(sim.records("acme", data_type))
+        assert fetched["failed_pages"] == 0 and loaded["failed_batches"] == 0 and loaded["finished"]
+        assert "updated_at" in loaded["preview"] and loaded["preview"].count("\n") == 6  # header, rule, 5 rows
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 9 and all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks]
+    assert metadata(result, pages_key("orders"))["pages"] >= 7  # 700 orders in 4 slices of 100-record pages
+    partitions = instance.get_materialized_partitions(table_key("orders"))
+    assert partitions == {"user-acme"}
+
+
+def test_a_transient_fault_is_retried_by_the_retry_policy_and_succeeds(instance, sync_engine, engine, connected,
+                                                                        sim):
+    # The client tries a page 4 times (3 retries); failing 5 times fails the page once, then the step retry
+    # asks for it a fifth time and gets it.
+    sim.set_faults("small", FaultConfig(rules=(FaultRule("502", endpoint="products", page=1, times=5),)))
+    result = materialize(instance, sync_engine, "user-small", data_types=("products",))
+    assert result.success
+    step = pages_key("products").to_python_identifier()
+    assert len(step_events(result, step, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 1
+    assert len(step_events(result, step, dg.DagsterEventType.STEP_RESTARTED)) == 1
+    assert stored(engine, "user-small", "products") == source_of_truth(sim, "small", "products")
+
+
+def test_a_401_fails_at_once_without_retry_and_says_why(instance, sync_engine, connected):
+    result = materialize(instance, sync_engine, "user-badtoken", data_types=("orders",))
+    assert not result.success
+    step = pages_key("orders").to_python_identifier()
+    assert not step_events(result, step, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    [failure] = step_events(result, step, dg.DagsterEventType.STEP_FAILURE)
+    message = failure.step_failure_data.user_failure_data.description
+    assert "token" in message.lower() and "shpat_wrong" not in message
+    assert failure.step_failure_data.user_failure_data.metadata["reason"].value == "invalid_token"
+
+
+def test_a_failed_page_fails_the_partition_and_the_rerun_fetches_only_what_is_missing(
+        instance, sync_engine, engine, connected, sim):
+    # Page 2 of every slice fails for good: the RetryPolicy tries the step 3 more times, then it fails.
+    sim.set_faults("acme", FaultConfig(rules=(FaultRule("502", endpoint="orders", page=2, times=0),)))
+    first = materialize(instance, sync_engine, "user-acme", data_types=("orders",))
+    assert not first.success
+    step = pages_key("orders").to_python_identifier()
+    assert len(step_events(first, step, dg.DagsterEventType.STEP_RESTARTED)) == 3
+    [failure] = step_events(first, step, dg.DagsterEventType.STEP_FAILURE)
+    failed = failure.step_failure_data.user_failure_data
+    assert "Materialize this partition again" in failed.description
+    last_attempt = {name: value.value for name, value in failed.metadata.items()}
+    # The last retry resumed and asked only for the 4 failed pages (4 tries each), fetching nothing new.
+    assert last_attempt["resumed"] and last_attempt["failed_pages"] == 4
+    assert last_attempt["pages_this_run"] == 0 and last_attempt["requests"] == 16
+    staged = last_attempt["pages"]
+    assert staged == 4
+    assert not instance.get_materialized_partitions(table_key("orders"))
+
+    sim.set_faults("acme", FaultConfig())
+    before = sim.stats("acme")["requests"]["orders"]
+    second = materialize(instance, sync_engine, "user-acme", data_types=("orders",))
+    assert second.success
+    fetched = metadata(second, pages_key("orders"))
+    assert fetched["resumed"] and fetched["pages_this_run"] == fetched["pages"] - staged
+    assert sim.stats("acme")["requests"]["orders"] - before == fetched["pages_this_run"]
+    assert stored(engine, "user-acme", "orders") == source_of_truth(sim, "acme", "orders")
+    assert instance.get_materialized_partitions(table_key("orders")) == {"user-acme"}
