@@ -54,20 +54,27 @@ class ConnectionStore:
             return getattr(self._client, operation)(TableName=self._table, **kwargs)
 
     def add(self, user_id: str, shop: str, token_ref: str) -> Connection:
-        """Create or replace a user's connection (keeps nothing of an older one's marks)."""
-        connection = Connection(check_user_id(user_id), shop, token_ref, now_iso())
-        self._call("put_item", Item={
+        """Create a user's connection, or update its shop and token reference. Last syncs and high-water
+        marks are kept when the shop stays the same (a new token must not turn daily syncs into full
+        ones) and reset when the shop changes."""
+        check_user_id(user_id)
+        old = self._call("get_item", Key={"userId": {"S": user_id}}, ConsistentRead=True).get("Item")
+        same_shop = old is not None and old["shop"]["S"] == shop
+        item = {
             "userId": {"S": user_id}, "shop": {"S": shop}, "tokenRef": {"S": token_ref},
-            "createdAt": {"S": connection.created_at}, "lastSync": {"M": {}}, "highWater": {"M": {}},
-        })
-        return connection
+            "createdAt": old["createdAt"] if same_shop else {"S": now_iso()},
+            "lastSync": old.get("lastSync", {"M": {}}) if same_shop else {"M": {}},
+            "highWater": old.get("highWater", {"M": {}}) if same_shop else {"M": {}},
+        }
+        self._call("put_item", Item=item)
+        return _connection(item)
 
     def get(self, user_id: str) -> Connection:
         item = self._call("get_item", Key={"userId": {"S": user_id}}, ConsistentRead=True).get("Item")
         if not item:
             raise UnknownUserError(
                 f"no Shopify connection for user {user_id!r}: add one with "
-                f"`shopify-pipeline users add {user_id} --shop SHOP --token-ref env:VAR`"
+                f"`shopify-pipeline users add --user {user_id} --shop SHOP --token-ref env:VAR`"
             )
         return _connection(item)
 

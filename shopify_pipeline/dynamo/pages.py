@@ -2,6 +2,8 @@
 
 Key: `syncKey` = "{user}#{syncType}#{dataType}", `page` = slice × 1 000 000 + page number in the slice.
 A page body up to the item limit is stored inline; a larger one goes to the blob store in chunks.
+That a page was loaded is a tiny marker item under "{syncKey}#loaded" (an update of the page item itself
+would cost as many write units as the page is large).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class PageStore:
         ttl = int(time.time()) + STAGED_PAGE_TTL_SECONDS
         item = {
             "syncKey": {"S": key}, "page": {"N": str(number)}, "records": {"N": str(records)},
-            "loaded": {"BOOL": False}, "url": {"S": url[:2000]}, "ttl": {"N": str(ttl)},
+            "url": {"S": url[:2000]}, "ttl": {"N": str(ttl)},
         }
         if len(packed) <= self._max_inline:
             item["body"] = {"B": packed}
@@ -64,20 +66,27 @@ class PageStore:
             item["chunks"] = {"N": str(chunks)}
         self._call("put_item", Item=item)
 
-    def list(self, key: str) -> Iterator[StagedPage]:
-        """The staged pages of a sync in page order, without their bodies."""
+    def _query(self, key: str, low: int = 0, high: int = 2**62) -> Iterator[dict]:
         kwargs = {
-            "KeyConditionExpression": "syncKey = :k", "ExpressionAttributeValues": {":k": {"S": key}},
-            "ProjectionExpression": "page, records, loaded, chunks", "ConsistentRead": True,
+            "KeyConditionExpression": "syncKey = :k AND page BETWEEN :lo AND :hi",
+            "ExpressionAttributeValues": {":k": {"S": key}, ":lo": {"N": str(low)}, ":hi": {"N": str(high)}},
+            "ProjectionExpression": "page, records, chunks", "ConsistentRead": True,
         }
         while True:
             result = self._call("query", **kwargs)
-            for item in result["Items"]:
-                yield StagedPage(int(item["page"]["N"]), int(item["records"]["N"]), item["loaded"]["BOOL"],
-                                 int(item.get("chunks", {}).get("N", "0")))
+            yield from result["Items"]
             if "LastEvaluatedKey" not in result:
                 return
             kwargs["ExclusiveStartKey"] = result["LastEvaluatedKey"]
+
+    def list(self, key: str) -> list[StagedPage]:
+        """The staged pages of a sync in page order, without their bodies."""
+        loaded = {int(item["page"]["N"]) for item in self._query(f"{key}#loaded")}
+        return [
+            StagedPage(int(item["page"]["N"]), int(item["records"]["N"]), int(item["page"]["N"]) in loaded,
+                       int(item.get("chunks", {}).get("N", "0")))
+            for item in self._query(key)
+        ]
 
     def body(self, key: str, page: StagedPage) -> bytes:
         """The exact bytes Shopify sent for `page`."""
@@ -87,16 +96,17 @@ class PageStore:
         return zlib.decompress(bytes(item["body"]["B"]))
 
     def mark_loaded(self, key: str, number: int) -> None:
-        self._call("update_item", Key=self._key(key, number), UpdateExpression="SET loaded = :t",
-                   ExpressionAttributeValues={":t": {"BOOL": True}})
+        ttl = int(time.time()) + STAGED_PAGE_TTL_SECONDS
+        self._call("put_item", Item={**self._key(f"{key}#loaded", number), "ttl": {"N": str(ttl)}})
 
-    def drop(self, key: str) -> int:
-        """Delete every staged page of a sync (after it finished). Returns how many."""
-        pages = list(self.list(key))
+    def drop(self, key: str, first: int = 0, last: int = 2**62) -> int:
+        """Delete the staged pages numbered first..last of a sync (all by default). Returns how many."""
+        pages = [p for p in self.list(key) if first <= p.number <= last]
         for page in pages:
             if page.chunks:
                 self._blobs.delete(f"page#{key}#{page.number}", page.chunks)
             self._call("delete_item", Key=self._key(key, page.number))
+            self._call("delete_item", Key=self._key(f"{key}#loaded", page.number))
         return len(pages)
 
     @staticmethod

@@ -345,11 +345,12 @@ class StateStore:
             if "LastEvaluatedKey" not in page:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return [
+        found = [
             {"userId": i["userId"]["S"], "syncType": i["syncType"]["S"],
              "batches": deserialize(i["batches"]) if "batches" in i else []}
             for i in items
         ]
+        return [f for f in found if f["batches"]]  # an item whose batches were all retried lists nothing
 
     # Leases ------------------------------------------------------------------------------------
 

@@ -130,7 +130,7 @@ class SyncEngine:
         with self._lease(user_id, data_type):
             try:
                 return self._fetch(connection, sync_type, data_type, progress or _quiet, started)
-            except PermanentError as error:
+            except (PermanentError, TransientError) as error:
                 self._fail(user_id, sync_type, data_type, "fetch", error)
                 raise
 
@@ -184,6 +184,8 @@ class SyncEngine:
                     page = client.fetch_page(data_type, url)
                 except InvalidCursorError:
                     log.warning("slice %s: Shopify refused its cursor; restarting the slice", piece["i"])
+                    # Its pages are fetched anew; older ones must not be loaded after them.
+                    self.pages.drop(key, page_number(piece["i"], 0), page_number(piece["i"] + 1, 0) - 1)
                     with lock:
                         state["pages"] -= piece["pages"]
                         state["records"] -= piece["records"]
@@ -300,59 +302,67 @@ class SyncEngine:
         progress = progress or _quiet
         result = LoadResult()
         with self._lease(user_id, data_type):
-            checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
-            if checkpoint is None:
-                result.finished = True
-                progress(f"Nothing to load for {user_id} {sync_type} {data_type}: no sync in progress.")
-                return result
-            earlier = self.retry_failed_batches(user_id, sync_type, data_type, _locked=True)
-            result.retried_batches = earlier.retried
-            key = sync_key(user_id, sync_type, data_type)
-            state = checkpoint.state
-            position = 0
-            pages = list(self.pages.list(key))
-            for index, page in enumerate(pages, start=1):
-                first = position + 1
-                position += page.records
-                if page.loaded:
-                    continue
-                if page.number // PAGES_PER_SLICE == DELETIONS_SLICE:
-                    events = parse_json(self.pages.body(key, page))["events"]
-                    result.deleted += self.writer.delete_records(
-                        user_id, data_type, [e["subject_id"] for e in events if e.get("verb") == "destroy"])
-                    self.pages.mark_loaded(key, page.number)
-                    continue
-                records = parse_json(self.pages.body(key, page))[data_type]
-                report = self.writer.write_records(user_id, data_type, records, first_position=first)
-                for batch in report.failed_batches:
-                    self.state.save_failed_batch(user_id, sync_type, data_type, batch.first, batch.last,
-                                                 batch.records, batch.error, batch.attempts)
-                    result.failed_batches.append({"range": batch.range, "count": len(batch.records),
-                                                  "error": batch.error})
-                self.pages.mark_loaded(key, page.number)
-                result.pages += 1
-                result.records_written += report.written
-                if len(result.preview) < 5:
-                    result.preview.extend(records[: 5 - len(result.preview)])
-                message = f"Loading page {index} of {len(pages)}... ({position} {data_type} written)"
-                self.state.set_status(user_id, data_type, "loading", sync_type, stage="load", page=index,
-                                      recordCount=position, message=message)
-                self._renew_lease(user_id, data_type)
-                progress(message)
-            still_failed = self.state.failed_batches(user_id, sync_type, data_type)
-            result.finished = state.get("fetch_done", False) and not still_failed
-            if result.finished:
-                self._finish(user_id, sync_type, data_type, state, key)
-            else:
-                failed_pages = [p for p in state["slices"] if p.get("failed")]
-                self.state.set_status(
-                    user_id, data_type, "failed", sync_type, stage="load", recordCount=position,
-                    failedPages=len(failed_pages), failedBatches=len(still_failed),
-                    failedBatchRanges=[b["range"] for b in still_failed],
-                    message=_failure_message(data_type, failed_pages, still_failed, sync_type, user_id),
-                )
+            try:
+                self._load(user_id, sync_type, data_type, progress, result)
+            except (PermanentError, TransientError) as error:
+                self._fail(user_id, sync_type, data_type, "load", error)
+                raise
         result.seconds = time.monotonic() - started
         return result
+
+    def _load(self, user_id: str, sync_type: str, data_type: str, progress: Progress, result: LoadResult) -> None:
+        checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
+        if checkpoint is None:
+            result.finished = True
+            progress(f"Nothing to load for {user_id} {sync_type} {data_type}: no sync in progress.")
+            return
+        earlier = self.retry_failed_batches(user_id, sync_type, data_type, _locked=True)
+        result.retried_batches = earlier.retried
+        key = sync_key(user_id, sync_type, data_type)
+        state = checkpoint.state
+        position = 0
+        pages = list(self.pages.list(key))
+        for index, page in enumerate(pages, start=1):
+            deletions = page.number // PAGES_PER_SLICE == DELETIONS_SLICE
+            first = position + 1
+            position += 0 if deletions else page.records
+            if page.loaded:
+                continue
+            if deletions:
+                events = parse_json(self.pages.body(key, page))["events"]
+                result.deleted += self.writer.delete_records(
+                    user_id, data_type, [e["subject_id"] for e in events if e.get("verb") == "destroy"])
+                self.pages.mark_loaded(key, page.number)
+                continue
+            records = parse_json(self.pages.body(key, page))[data_type]
+            report = self.writer.write_records(user_id, data_type, records, first_position=first)
+            for batch in report.failed_batches:
+                self.state.save_failed_batch(user_id, sync_type, data_type, batch.first, batch.last,
+                                             batch.records, batch.error, batch.attempts)
+                result.failed_batches.append({"range": batch.range, "count": len(batch.records),
+                                              "error": batch.error})
+            self.pages.mark_loaded(key, page.number)
+            result.pages += 1
+            result.records_written += report.written
+            if len(result.preview) < 5:
+                result.preview.extend(records[: 5 - len(result.preview)])
+            message = f"Loading page {index} of {len(pages)}... ({position} {data_type} written)"
+            self.state.set_status(user_id, data_type, "loading", sync_type, stage="load", page=index,
+                                  recordCount=position, message=message)
+            self._renew_lease(user_id, data_type)
+            progress(message)
+        still_failed = self.state.failed_batches(user_id, sync_type, data_type)
+        result.finished = state.get("fetch_done", False) and not still_failed
+        if result.finished:
+            self._finish(user_id, sync_type, data_type, state, key)
+        else:
+            failed_pages = [p for p in state["slices"] if p.get("failed")]
+            self.state.set_status(
+                user_id, data_type, "failed", sync_type, stage="load", recordCount=position,
+                failedPages=len(failed_pages), failedBatches=len(still_failed),
+                failedBatchRanges=[b["range"] for b in still_failed],
+                message=_failure_message(data_type, failed_pages, still_failed, sync_type, user_id),
+            )
 
     def _finish(self, user_id: str, sync_type: str, data_type: str, state: dict, key: str) -> None:
         self.connections.record_finished(user_id, sync_type, data_type, state["started_at"])

@@ -98,8 +98,12 @@ class SyncService:
         return SyncResult(user_id, sync_type, success, results)
 
     def retry_failed_batches(self, user_id: str, sync_type: str, data_type: str) -> RetryResult:
-        """The seed's manual retry: (success, retried, still failed)."""
-        return self.engine.retry_failed_batches(user_id, sync_type, data_type)
+        """The seed's manual retry: (success, retried, still failed). When nothing is left failed and the
+        sync's fetch was complete, the sync is finished too (status completed, checkpoint cleared)."""
+        result = self.engine.retry_failed_batches(user_id, sync_type, data_type)
+        if result.success and result.retried and self.engine.state.has_checkpoint(user_id, sync_type, data_type):
+            self.engine.load(user_id, sync_type, data_type)
+        return result
 
     # Status and checkpoints ----------------------------------------------------------------------
 

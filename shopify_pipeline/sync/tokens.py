@@ -27,8 +27,9 @@ def resolve_token(reference: str) -> str:
     if kind == "secretsmanager":
         import boto3
 
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         try:
-            return boto3.client("secretsmanager").get_secret_value(SecretId=value)["SecretString"]
+            return boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=value)["SecretString"]
         except Exception as error:  # noqa: BLE001 - any failure means the same thing to the operator
             raise TokenUnavailableError(
                 f"cannot read the Shopify token from Secrets Manager secret {value}: {type(error).__name__}"

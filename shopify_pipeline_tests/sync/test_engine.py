@@ -76,14 +76,14 @@ def test_permanent_errors_fail_with_a_reason_and_keep_the_token_out_of_logs(serv
     monkeypatch.setenv("BAD_TOKEN", "shpat_revoked")
     monkeypatch.setenv("FROZEN_TOKEN", "shpat_frozen")
     service.add_connection("user-badtoken", sim.shop_url("acme"), "env:BAD_TOKEN")
-    service.add_connection("user-frozen", sim.shop_url("frozen"), "env:FROZEN_TOKEN")
+    service.add_connection("user-frozen-env", sim.shop_url("frozen"), "env:FROZEN_TOKEN")
     result = service.initial_sync("user-badtoken")
     assert not result.success and "rejected the access token" in result.data_types["orders"].error
     status = service.get_sync_status("user-badtoken")
     assert status["status"] == "failed"
     assert status["dataTypes"]["orders"]["error"]["reason"] == "invalid_token"
     with pytest.raises(ShopFrozenError):
-        service.engine.fetch("user-frozen", "initial", "orders")
+        service.engine.fetch("user-frozen-env", "initial", "orders")
     with pytest.raises(InvalidTokenError):
         service.engine.fetch("user-badtoken", "initial", "products")
     logged = caplog.text + str(status)
