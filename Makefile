@@ -23,4 +23,4 @@ test: setup
 	$(BIN)/pytest -q
 
 ui: setup
-	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -w workspace.yaml
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/shopify-pipeline ui

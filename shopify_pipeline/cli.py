@@ -149,6 +149,12 @@ def _failed_batches(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    from shopify_pipeline.demo import run_ui
+
+    return run_ui(orders=args.orders, port=args.port)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from shopify_pipeline.demo import run_demo
 
@@ -213,10 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     failed.add_argument("--data-type", choices=DATA_TYPES, default="orders")
     failed.add_argument("--user", help="only this user")
 
-    demo = command("demo", _demo, "run the whole pipeline locally: DynamoDB Local, simulator, Dagster", user=False)
+    ui = commands.add_parser("ui", help="the Dagster UI (dagster dev) on the demo's local state")
+    ui.add_argument("--orders", type=int, default=2000, help="orders in the healthy demo shop (default 2000)")
+    ui.add_argument("--port", type=int, default=3000, help="the UI's port (default 3000)")
+    ui.set_defaults(func=_ui)
+
+    demo = commands.add_parser("demo", help="run the whole pipeline locally: DynamoDB Local, simulator, Dagster")
     demo.add_argument("--orders", type=int, default=2000, help="orders in the healthy demo shop (default 2000)")
     demo.add_argument("--keep-running", action="store_true",
-                      help="leave DynamoDB Local and the simulator running afterwards (for `make ui`)")
+                      help="keep DynamoDB Local and the simulator running afterwards, until Ctrl-C")
+    demo.set_defaults(func=_demo)
     return parser
 
 

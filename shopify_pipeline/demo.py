@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -75,11 +77,20 @@ def local_stack(orders: int, time_scale: float = 10.0, quiet: bool = False):
         yield settings, users, simulator
 
 
+def prepare_dagster_home() -> None:
+    """$DAGSTER_HOME with the shipped dagster.yaml (one run per user at a time, the Shopify pool)."""
+    DAGSTER_HOME.mkdir(exist_ok=True)
+    shipped = Path(__file__).resolve().parent.parent / "dagster.yaml"
+    target = DAGSTER_HOME / "dagster.yaml"
+    if shipped.exists() and not target.exists():
+        shutil.copyfile(shipped, target)
+
+
 def run_demo(orders: int = 2000, keep_running: bool = False) -> int:
     from shopify_pipeline.demo_runner import materialize_user, summary_lines
 
     with local_stack(orders) as (settings, users, _simulator):
-        DAGSTER_HOME.mkdir(exist_ok=True)
+        prepare_dagster_home()
         outcomes = []
         for user in users:
             print(f"\n▶ {user.user_id} ({user.shop.name}: {user.story})", flush=True)
@@ -92,3 +103,16 @@ def run_demo(orders: int = 2000, keep_running: bool = False) -> int:
             with contextlib.suppress(KeyboardInterrupt):
                 stopped.wait()
     return 0
+
+
+def run_ui(orders: int = 2000, port: int = 3000) -> int:
+    """`dagster dev` on the demo's state, with DynamoDB Local and the simulator running beside it."""
+    with local_stack(orders) as _:
+        prepare_dagster_home()
+        print(f"Starting the Dagster UI at http://127.0.0.1:{port} (Ctrl-C stops everything)...", flush=True)
+        process = subprocess.Popen(["dagster", "dev", "-w", "workspace.yaml", "-p", str(port)], env=os.environ)
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.send_signal(signal.SIGINT)
+            return process.wait()

@@ -29,8 +29,10 @@ def materialize_user(user_id: str, settings: Settings, sync_type: str = "initial
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions(user_partitions.name, [user_id])
     job = defs.resolve_job_def("full_sync")
+    # Progress lines (INFO) on the console; Dagster's own DEBUG events stay in the run's event log.
+    run_config = {**sync_run_config(sync_type), "loggers": {"console": {"config": {"log_level": "INFO"}}}}
     result = job.execute_in_process(
-        run_config=sync_run_config(sync_type), partition_key=user_id, instance=instance, raise_on_error=False,
+        run_config=run_config, partition_key=user_id, instance=instance, raise_on_error=False,
         tags={"shopify/user": user_id},
     )
     outcome = UserOutcome(user_id, result.run_id, result.success)

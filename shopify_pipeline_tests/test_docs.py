@@ -44,7 +44,8 @@ def _commands(text: str) -> list[str]:
 
 
 def _doc_commands() -> list[tuple[str, str]]:
-    return [(path.name, command) for path in sorted(DOCS.glob("*.md")) for command in _commands(path.read_text())]
+    pages = [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
+    return [(path.name, command) for path in pages for command in _commands(path.read_text())]
 
 
 def test_docs_show_commands() -> None:
