@@ -16,4 +16,7 @@ defs = dg.Definitions(
     schedules=[daily_sync_schedule],
     sensors=[shopify_connections_sensor],
     resources=resources_from_env(),
+    # One process per run: the engine's Shopify pacer is shared per shop within a process, so steps in
+    # separate processes would each spend the same shop's API budget; slices already fetch in parallel.
+    executor=dg.in_process_executor,
 )
