@@ -1,0 +1,1 @@
+"""Benchmarks of the Shopify → DynamoDB pipeline (see benchmarks/README.md)."""
