@@ -68,7 +68,11 @@ class Pacer:
         with self._lock:
             now = self._clock()
             self._leak(now)
-            self.size = int(size)
+            if int(size) != self.size:
+                # Every Shopify plan leaks a twentieth of its bucket per second (40/2, 80/4, 400/20):
+                # a good first guess until the readings say better.
+                self.size = int(size)
+                self.leak_per_second = max(self.leak_per_second, self.size / 20)
             self._learn_leak(now, used)
             # Our reservations for requests still in flight are not in Shopify's count yet: keep the max.
             self._level = max(self._level, used)
@@ -94,10 +98,10 @@ class Pacer:
         self._answers_since = 0
 
     def throttled(self, retry_after: float) -> None:
-        """Shopify answered 429: treat the bucket as full for `retry_after` seconds."""
+        """Shopify answered 429: the bucket is full (the client sleeps `retry_after` itself)."""
         with self._lock:
             self._leak(self._clock())
-            self._level = max(self._level, self.size - self.margin + retry_after * self.leak_per_second)
+            self._level = max(self._level, float(self.size - self.margin))
 
 
 class FixedGapPacer:
