@@ -82,6 +82,7 @@ def fetch_metadata(result: FetchResult) -> dict[str, dg.MetadataValue]:
         "pages": dg.MetadataValue.int(result.pages),
         "records": dg.MetadataValue.int(result.records),
         "pages_this_run": dg.MetadataValue.int(result.pages_this_run),
+        "records_this_run": dg.MetadataValue.int(result.records_this_run),
         "failed_pages": dg.MetadataValue.int(len(result.failed_pages)),
         "requests": dg.MetadataValue.int(result.requests),
         "retries": dg.MetadataValue.int(result.retries),
@@ -90,7 +91,7 @@ def fetch_metadata(result: FetchResult) -> dict[str, dg.MetadataValue]:
         "resumed": dg.MetadataValue.bool(result.resumed),
         "only_recent_orders": dg.MetadataValue.bool(result.only_recent_orders),
         "duration_seconds": dg.MetadataValue.float(round(result.seconds, 3)),
-        "records_per_second": dg.MetadataValue.float(_rate(result.records, result.seconds)),
+        "records_per_second": dg.MetadataValue.float(_rate(result.records_this_run, result.seconds)),
     }
     if result.failed_pages:
         table = pd.DataFrame(result.failed_pages).to_markdown(index=False)

@@ -34,9 +34,11 @@ class DynamoDBResource(ResourceWithBoto3Configuration):
     )
 
     def settings(self) -> Settings:
-        """The engine's settings for these tables at this endpoint."""
-        settings = Settings(document_format=self.document_format).with_prefix(self.table_prefix)
-        return replace(settings, dynamodb_endpoint_url=self.endpoint_url or None,
+        """The engine's settings for these tables at this endpoint. Table names follow the same variables
+        as the CLI's (SYNC_CHECKPOINTS_TABLE, SHOPIFY_ORDERS_TABLE, …) with this resource's prefix."""
+        names = Settings.from_env({**os.environ, "SHOPIFY_PIPELINE_TABLE_PREFIX": self.table_prefix}).tables
+        return replace(Settings(tables=names, document_format=self.document_format),
+                       dynamodb_endpoint_url=self.endpoint_url or None,
                        aws_region=self.region_name or _DYNAMO_DEFAULTS.aws_region)
 
     def client(self):
@@ -129,7 +131,7 @@ def resources_from_env(environ: Mapping[str, str] | None = None) -> dict[str, dg
     dynamodb = DynamoDBResource(
         # Local: the endpoint `shopify-pipeline local-dynamodb` printed; AWS: boto3's default endpoint.
         endpoint_url=dg.EnvVar("AWS_ENDPOINT_URL_DYNAMODB") if local else None,
-        region_name=_env_or(env, "AWS_REGION", _DYNAMO_DEFAULTS.aws_region),
+        region_name=_env_or(env, "AWS_REGION", env.get("AWS_DEFAULT_REGION") or _DYNAMO_DEFAULTS.aws_region),
         table_prefix=_env_or(env, "SHOPIFY_PIPELINE_TABLE_PREFIX", ""),
         document_format=_env_or(env, "SHOPIFY_DOCUMENT_FORMAT", _DYNAMO_DEFAULTS.document_format),
     )

@@ -54,6 +54,7 @@ class FetchResult:
     pages: int = 0
     records: int = 0
     pages_this_run: int = 0
+    records_this_run: int = 0
     failed_pages: list[dict] = field(default_factory=list)
     requests: int = 0
     retries: int = 0
@@ -128,16 +129,20 @@ class SyncEngine:
         started = time.monotonic()
         connection = self.connections.get(user_id)
         with self._lease(user_id, data_type):
+            client = None
             try:
-                return self._fetch(connection, sync_type, data_type, progress or _quiet, started)
+                client = self.shopify_client(connection, sync_type)
+                return self._fetch(client, connection, sync_type, data_type, progress or _quiet, started)
             except (PermanentError, TransientError) as error:
                 self._fail(user_id, sync_type, data_type, "fetch", error)
                 raise
+            finally:
+                if client is not None:
+                    client.close()
 
-    def _fetch(self, connection: Connection, sync_type: str, data_type: str, progress: Progress,
-               started: float) -> FetchResult:
+    def _fetch(self, client: ShopifyClient, connection: Connection, sync_type: str, data_type: str,
+               progress: Progress, started: float) -> FetchResult:
         user_id = connection.user_id
-        client = self.shopify_client(connection, sync_type)
         result = FetchResult()
         key = sync_key(user_id, sync_type, data_type)
         checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
@@ -168,6 +173,7 @@ class SyncEngine:
                 state["pages"] += 1
                 state["records"] += page_records
                 result.pages_this_run += 1
+                result.records_this_run += page_records
                 holder["checkpoint"] = self.state.save_checkpoint(
                     Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version))
                 message = f"Fetching page {state['pages']}... ({state['records']} {noun} so far)"
