@@ -8,20 +8,22 @@ failed stays recorded, so the next run redoes only that.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 from shopify_pipeline.dynamo.batch_writer import BatchWriter
-from shopify_pipeline.dynamo.client import dynamodb_client
+from shopify_pipeline.dynamo.client import dynamodb_client, translate_errors
+from shopify_pipeline.dynamo.codec import to_utc
 from shopify_pipeline.dynamo.connections import Connection, ConnectionStore
 from shopify_pipeline.dynamo.pages import PAGES_PER_SLICE, PageStore, page_number, sync_key
 from shopify_pipeline.dynamo.state import Checkpoint, StateStore
@@ -107,6 +109,7 @@ class SyncEngine:
         self.connections = ConnectionStore(self.dynamodb, settings)
         self.writer = BatchWriter(self.dynamodb, settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._lease_renewed = 0.0
 
     def shopify_client(self, connection: Connection, sync_type: str | None = None) -> ShopifyClient:
         """A client for the user's shop; with `SHOPIFY_PACING=fixed`, paced by the seed's fixed gaps."""
@@ -322,7 +325,7 @@ class SyncEngine:
             result.finished = True
             progress(f"Nothing to load for {user_id} {sync_type} {data_type}: no sync in progress.")
             return
-        earlier = self.retry_failed_batches(user_id, sync_type, data_type, _locked=True)
+        earlier = self._retry_failed_batches(user_id, sync_type, data_type)
         result.retried_batches = earlier.retried
         key = sync_key(user_id, sync_type, data_type)
         state = checkpoint.state
@@ -380,27 +383,46 @@ class SyncEngine:
 
     # Recovery ------------------------------------------------------------------------------------
 
-    def retry_failed_batches(self, user_id: str, sync_type: str, data_type: str,
-                             _locked: bool = False) -> RetryResult:
+    def retry_failed_batches(self, user_id: str, sync_type: str, data_type: str) -> RetryResult:
         """Write the saved failed batches of (user, sync type, data type) again.
 
         Returns success (nothing left), how many batches were retried, and how many still fail.
         """
         _check(sync_type, data_type)
+        with self._lease(user_id, data_type):
+            return self._retry_failed_batches(user_id, sync_type, data_type)
+
+    def _retry_failed_batches(self, user_id: str, sync_type: str, data_type: str) -> RetryResult:
         entries = self.state.failed_batches(user_id, sync_type, data_type)
-        if not entries:
-            return RetryResult(True, 0, 0)
         still_failed = 0
-        with self._lease(user_id, data_type, held=_locked):
-            for entry in entries:
-                records = self.state.failed_batch_records(entry)
-                first = int(entry["range"].split("-")[0])
-                report = self.writer.write_records(user_id, data_type, records, first_position=first)
-                if report.failed_batches:
-                    still_failed += 1
-                    continue
-                self.state.remove_failed_batch(user_id, sync_type, data_type, entry["id"])
+        for entry in entries:
+            records = self._not_older_than_stored(user_id, data_type, self.state.failed_batch_records(entry))
+            first = int(entry["range"].split("-")[0])
+            report = self.writer.write_records(user_id, data_type, records, first_position=first)
+            if report.failed_batches:
+                still_failed += 1
+                continue
+            self.state.remove_failed_batch(user_id, sync_type, data_type, entry["id"])
         return RetryResult(still_failed == 0, len(entries), still_failed)
+
+    def _not_older_than_stored(self, user_id: str, data_type: str, records: list[dict]) -> list[dict]:
+        """Drop records whose stored copy is newer: a batch saved days ago must not undo a later sync."""
+        if not records:
+            return records
+        table = self.settings.tables.records(data_type)
+        keys = [{"userId": {"S": user_id}, "id": {"N": str(r["id"])}} for r in records]
+        stored: dict[int, str] = {}
+        for start in range(0, len(keys), 100):
+            request = {table: {"Keys": keys[start:start + 100], "ProjectionExpression": "id, updatedAt",
+                               "ConsistentRead": True}}
+            while request:
+                with translate_errors(table, self.dynamodb.meta.endpoint_url):
+                    answer = self.dynamodb.batch_get_item(RequestItems=request)
+                for item in answer["Responses"].get(table, []):
+                    if "updatedAt" in item:
+                        stored[int(item["id"]["N"])] = item["updatedAt"]["S"]
+                request = answer.get("UnprocessedKeys") or None
+        return [r for r in records if (to_utc(r.get("updated_at")) or "") >= stored.get(r["id"], "")]
 
     def _fail(self, user_id: str, sync_type: str, data_type: str, stage: str, error: Exception) -> None:
         reason = getattr(error, "reason", type(error).__name__)
@@ -410,23 +432,15 @@ class SyncEngine:
 
     # Lease ---------------------------------------------------------------------------------------
 
-    class _Lease:
-        def __init__(self, engine: SyncEngine, user_id: str, data_type: str, held: bool) -> None:
-            self.engine, self.user_id, self.data_type, self.held = engine, user_id, data_type, held
-
-        def __enter__(self) -> None:
-            if not self.held:
-                self.engine.state.acquire_lease(self.user_id, self.data_type, self.engine.owner)
-                self.engine._lease_renewed = time.monotonic()
-
-        def __exit__(self, *exc: object) -> None:
-            if not self.held:
-                self.engine.state.release_lease(self.user_id, self.data_type, self.engine.owner)
-
-    def _lease(self, user_id: str, data_type: str, held: bool = False) -> SyncEngine._Lease:
-        return SyncEngine._Lease(self, user_id, data_type, held)
-
-    _lease_renewed = 0.0
+    @contextlib.contextmanager
+    def _lease(self, user_id: str, data_type: str) -> Iterator[None]:
+        """Hold the (user, data type) lease for the block: no other sync of it can run meanwhile."""
+        self.state.acquire_lease(user_id, data_type, self.owner)
+        self._lease_renewed = time.monotonic()
+        try:
+            yield
+        finally:
+            self.state.release_lease(user_id, data_type, self.owner)
 
     def _renew_lease(self, user_id: str, data_type: str) -> None:
         """Extend the lease when a third of it has passed (a write per page would be wasteful)."""

@@ -107,3 +107,19 @@ def test_a_sync_killed_with_sigkill_resumes_and_refetches_at_most_one_page_per_s
     print(f"{kills} kills: {refetched} pages fetched again ({pages} pages in all)")
     assert 0 <= refetched <= kills * SyncOptions().slices, f"{refetched} pages fetched again after {kills} kills"
     assert stored(SyncService(engine), "user-big", "orders") == source_of_truth(slow_sim, "big", "orders")
+
+
+def test_a_retried_batch_never_overwrites_a_newer_copy(settings, sim):
+    service = SyncService(SyncEngine(settings, FAST_SHOPIFY))
+    service.add_connection("user-small", sim.shop_url("small"), "literal:shpat_small")
+    assert service.initial_sync("user-small", data_types=("orders",)).success
+    current = stored(service, "user-small", "orders")
+    older_id, newer_id = sorted(current)[:2]
+    older = {**current[older_id], "updated_at": "2001-01-01T00:00:00-05:00", "note": "a stale copy"}
+    newer = {**current[newer_id], "updated_at": "2099-01-01T00:00:00-05:00", "note": "a newer copy"}
+    service.engine.state.save_failed_batch("user-small", "manual", "orders", 1, 2, [older, newer], "test", 1)
+    retried = service.retry_failed_batches("user-small", "manual", "orders")
+    assert (retried.success, retried.retried) == (True, 1)
+    after = stored(service, "user-small", "orders")
+    assert after[older_id] == current[older_id], "the stale copy was not written over the newer one"
+    assert after[newer_id] == newer
