@@ -7,7 +7,6 @@ here with exponential backoff and full jitter. A batch that still fails comes ba
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -16,7 +15,13 @@ from itertools import islice
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shopify_pipeline.dynamo.client import DynamoThrottledError, error_code, missing_table_error, translate_errors
+from shopify_pipeline.dynamo.client import (
+    DynamoThrottledError,
+    error_code,
+    missing_table_error,
+    translate_errors,
+    write_batch,
+)
 from shopify_pipeline.dynamo.codec import EncodedRecord, encode_record
 from shopify_pipeline.settings import Settings
 
@@ -94,15 +99,9 @@ class BatchWriter:
         ids = sorted(set(record_ids))
         for group in _groups(ids, self._settings.batch_size):
             requests = [{"DeleteRequest": {"Key": {"userId": {"S": user_id}, "id": {"N": str(i)}}}} for i in group]
-            pending = {table: requests}
-            for attempt in range(self._settings.unprocessed_retries + 1):
-                if attempt:
-                    self._sleep(random.uniform(0, self._settings.unprocessed_backoff_cap_seconds))
-                with translate_errors(table, self._client.meta.endpoint_url):
-                    pending = self._client.batch_write_item(RequestItems=pending).get("UnprocessedItems")
-                if not pending:
-                    break
-            else:
+            with translate_errors(table, self._client.meta.endpoint_url):
+                _, left = write_batch(self._client, {table: requests}, self._settings, self._sleep)
+            if left:
                 raise DynamoThrottledError(f"DynamoDB kept deletes of {data_type} for {user_id} unprocessed")
         return len(ids)
 
@@ -153,20 +152,10 @@ class BatchWriter:
 
     def _submit(self, requests: list[tuple[str, dict]]) -> tuple[int, int]:
         """One BatchWriteItem, resubmitting UnprocessedItems. Returns (resubmissions, still pending)."""
-        pending: dict[str, list] = {}
+        by_table: dict[str, list] = {}
         for table, item in requests:
-            pending.setdefault(table, []).append({"PutRequest": {"Item": item}})
-        settings = self._settings
-        for attempt in range(settings.unprocessed_retries + 1):
-            if attempt:
-                cap = min(settings.unprocessed_backoff_cap_seconds,
-                          settings.unprocessed_backoff_seconds * 2 ** (attempt - 1))
-                self._sleep(random.uniform(0, cap))
-            response = self._client.batch_write_item(RequestItems=pending)
-            pending = response.get("UnprocessedItems") or {}
-            if not pending:
-                return attempt, 0
-        return settings.unprocessed_retries, sum(len(v) for v in pending.values())
+            by_table.setdefault(table, []).append({"PutRequest": {"Item": item}})
+        return write_batch(self._client, by_table, self._settings, self._sleep)
 
 
 def _numbered_batches(records: Iterable[dict], size: int, first: int) -> Iterator[tuple[int, list[dict]]]:

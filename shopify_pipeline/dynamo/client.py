@@ -6,7 +6,9 @@ Real AWS and DynamoDB Local are the same code: only `endpoint_url` differs.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 
 import boto3
 from botocore.config import Config
@@ -62,6 +64,24 @@ def dynamodb_client(settings: Settings, config: Config = RETRY_CONFIG):
             # DynamoDB Local accepts any credentials; real AWS never gets these.
             kwargs.update(aws_access_key_id="local", aws_secret_access_key="local")
     return boto3.client("dynamodb", **kwargs)
+
+
+def write_batch(client, request_items: dict, settings: Settings,
+                sleep: Callable[[float], None] = time.sleep) -> tuple[int, int]:
+    """One BatchWriteItem, resubmitting UnprocessedItems with exponential backoff and full jitter.
+
+    Returns (resubmissions used, write requests still unprocessed). ClientErrors propagate.
+    """
+    pending = request_items
+    for attempt in range(settings.unprocessed_retries + 1):
+        if attempt:
+            cap = min(settings.unprocessed_backoff_cap_seconds,
+                      settings.unprocessed_backoff_seconds * 2 ** (attempt - 1))
+            sleep(random.uniform(0, cap))
+        pending = client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+        if not pending:
+            return attempt, 0
+    return settings.unprocessed_retries, sum(len(requests) for requests in pending.values())
 
 
 def error_code(error: ClientError) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from shopify_pipeline.dynamo.client import ConditionFailedError, translate_errors
+from shopify_pipeline.dynamo.client import ConditionFailedError, DynamoThrottledError, translate_errors, write_batch
 from shopify_pipeline.dynamo.codec import (
     chunk_items,
     compress,
@@ -81,23 +81,19 @@ class BlobStore:
 
     def __init__(self, client, settings: Settings) -> None:
         self._client = client
+        self._settings = settings
         self._table = settings.tables.documents
 
     def put(self, key: str, data: bytes, ttl_seconds: int | None = None) -> int:
         """Store `data` under `key`; returns the number of chunks (needed to read it back)."""
         ttl = int(time.time()) + ttl_seconds if ttl_seconds else None
         items = chunk_items(key, data, ttl)
-        with translate_errors(self._table, self._client.meta.endpoint_url):
-            for start in range(0, len(items), 25):
-                pending = {self._table: [{"PutRequest": {"Item": i}} for i in items[start:start + 25]]}
-                for attempt in range(8):
-                    if attempt:
-                        time.sleep(min(2.0, 0.05 * 2**attempt))
-                    pending = self._client.batch_write_item(RequestItems=pending).get("UnprocessedItems")
-                    if not pending:
-                        break
-                else:
-                    raise TransientError(f"could not store blob {key}: DynamoDB kept items unprocessed")
+        for start in range(0, len(items), 25):
+            requests = {self._table: [{"PutRequest": {"Item": i}} for i in items[start:start + 25]]}
+            with translate_errors(self._table, self._client.meta.endpoint_url):
+                _, left = write_batch(self._client, requests, self._settings)
+            if left:
+                raise DynamoThrottledError(f"could not store blob {key}: DynamoDB kept items unprocessed")
         return len(items)
 
     def get(self, key: str, chunks: int, sha256: str | None = None) -> bytes:
