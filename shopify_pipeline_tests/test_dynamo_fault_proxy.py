@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
-from shopify_pipeline.dynamo.local import LocalDynamoDB
 from shopify_pipeline_tests.support.dynamo_fault_proxy import DynamoFaultProxy
 
 # In botocore's retries dict `max_attempts` counts retries after the first try (1 means two attempts);
@@ -22,19 +22,19 @@ STANDARD_RETRIES = {"total_max_attempts": 3, "mode": "standard"}
 
 
 @pytest.fixture(scope="module")
-def dynamodb() -> Iterator[LocalDynamoDB]:
-    with LocalDynamoDB() as ddb:
-        yield ddb
+def dynamodb(dynamodb_endpoint: str) -> SimpleNamespace:
+    """The session's DynamoDB Local (conftest.py), as an object with `endpoint_url`."""
+    return SimpleNamespace(endpoint_url=dynamodb_endpoint)
 
 
 @pytest.fixture
-def proxy(dynamodb: LocalDynamoDB) -> Iterator[DynamoFaultProxy]:
+def proxy(dynamodb: SimpleNamespace) -> Iterator[DynamoFaultProxy]:
     with DynamoFaultProxy(dynamodb.endpoint_url) as running:
         yield running
 
 
 @pytest.fixture
-def table(dynamodb: LocalDynamoDB) -> str:
+def table(dynamodb: SimpleNamespace) -> str:
     """A fresh table, created directly on DynamoDB Local so the proxy's counters start at zero."""
     name = f"orders-{uuid.uuid4().hex[:8]}"
     create_table(client(dynamodb.endpoint_url), name)
@@ -61,12 +61,12 @@ def puts(count: int) -> list[dict]:
     return [{"PutRequest": {"Item": {"pk": {"S": f"item-{i:02d}"}}}} for i in range(count)]
 
 
-def stored_keys(dynamodb: LocalDynamoDB, table: str) -> list[str]:
+def stored_keys(dynamodb: SimpleNamespace, table: str) -> list[str]:
     items = client(dynamodb.endpoint_url).scan(TableName=table)["Items"]
     return sorted(item["pk"]["S"] for item in items)
 
 
-def test_plain_operations_pass_through(proxy: DynamoFaultProxy, dynamodb: LocalDynamoDB) -> None:
+def test_plain_operations_pass_through(proxy: DynamoFaultProxy, dynamodb: SimpleNamespace) -> None:
     ddb = client(proxy.endpoint_url)
     name = f"orders-{uuid.uuid4().hex[:8]}"
     create_table(ddb, name)
@@ -87,7 +87,7 @@ def test_plain_operations_pass_through(proxy: DynamoFaultProxy, dynamodb: LocalD
 
 
 def test_unprocessed_forwards_the_first_k_and_returns_the_rest(
-    proxy: DynamoFaultProxy, dynamodb: LocalDynamoDB, table: str,
+    proxy: DynamoFaultProxy, dynamodb: SimpleNamespace, table: str,
 ) -> None:
     proxy.add_fault("unprocessed", keep=10)
     requests = puts(25)
@@ -101,7 +101,7 @@ def test_unprocessed_forwards_the_first_k_and_returns_the_rest(
 
 
 def test_unprocessed_items_can_be_resent_until_done(
-    proxy: DynamoFaultProxy, dynamodb: LocalDynamoDB, table: str,
+    proxy: DynamoFaultProxy, dynamodb: SimpleNamespace, table: str,
 ) -> None:
     proxy.add_fault("unprocessed", keep_fraction=0.4, count=2)
     ddb = client(proxy.endpoint_url)
@@ -122,7 +122,7 @@ def test_unprocessed_items_can_be_resent_until_done(
     ("error_500", "InternalServerError"),
 ])
 def test_error_without_retries_raises_dynamodbs_error(
-    proxy: DynamoFaultProxy, dynamodb: LocalDynamoDB, table: str, kind: str, code: str,
+    proxy: DynamoFaultProxy, dynamodb: SimpleNamespace, table: str, kind: str, code: str,
 ) -> None:
     proxy.add_fault(kind)
 
@@ -136,7 +136,7 @@ def test_error_without_retries_raises_dynamodbs_error(
 
 @pytest.mark.parametrize(("kind", "status"), [("throttle", 400), ("error_500", 500)])
 def test_standard_retries_get_past_two_errors(
-    proxy: DynamoFaultProxy, dynamodb: LocalDynamoDB, table: str, kind: str, status: int,
+    proxy: DynamoFaultProxy, dynamodb: SimpleNamespace, table: str, kind: str, status: int,
 ) -> None:
     proxy.add_fault(kind, count=2)
 
@@ -148,7 +148,7 @@ def test_standard_retries_get_past_two_errors(
 
 
 def test_drop_without_retries_raises_a_connection_error(
-    proxy: DynamoFaultProxy, dynamodb: LocalDynamoDB, table: str,
+    proxy: DynamoFaultProxy, dynamodb: SimpleNamespace, table: str,
 ) -> None:
     proxy.add_fault("drop")
 
@@ -160,7 +160,7 @@ def test_drop_without_retries_raises_a_connection_error(
 
 
 def test_standard_retries_get_past_a_dropped_connection(
-    proxy: DynamoFaultProxy, dynamodb: LocalDynamoDB, table: str,
+    proxy: DynamoFaultProxy, dynamodb: SimpleNamespace, table: str,
 ) -> None:
     proxy.add_fault("drop", count=1)
 
@@ -203,7 +203,7 @@ def test_clear_faults_restores_pass_through(proxy: DynamoFaultProxy, table: str)
     assert proxy.stats["PutItem"].faults == {"error_500": 1}
 
 
-def test_probability_is_repeatable_for_a_seed(dynamodb: LocalDynamoDB, table: str) -> None:
+def test_probability_is_repeatable_for_a_seed(dynamodb: SimpleNamespace, table: str) -> None:
     def faults_seen(seed: int) -> list[str | None]:
         with DynamoFaultProxy(dynamodb.endpoint_url, seed=seed) as proxy:
             proxy.add_fault("throttle", operation="GetItem", probability=0.5)
@@ -219,7 +219,7 @@ def test_probability_is_repeatable_for_a_seed(dynamodb: LocalDynamoDB, table: st
     assert 0 < first.count("throttle") < 20
 
 
-def test_stop_ends_kept_alive_connections(dynamodb: LocalDynamoDB) -> None:
+def test_stop_ends_kept_alive_connections(dynamodb: SimpleNamespace) -> None:
     proxy = DynamoFaultProxy(dynamodb.endpoint_url).start()
     ddb = client(proxy.endpoint_url)
     ddb.list_tables()
