@@ -180,6 +180,9 @@ class SyncEngine:
                 holder["checkpoint"] = self.state.save_checkpoint(
                     Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version))
                 message = f"Fetching page {state['pages']}... ({state['records']} {noun} so far)"
+                if client.stats.throttled or client.stats.pace_wait_seconds >= 1:
+                    message += (f" [rate limit: {client.stats.throttled} 429s waited out, "
+                                f"{client.stats.pace_wait_seconds:.0f}s paced]")
                 self.state.set_status(user_id, data_type, "fetching", sync_type, stage="fetch",
                                       page=state["pages"], recordCount=state["records"], message=message)
                 self._renew_lease(user_id, data_type)
