@@ -47,7 +47,9 @@ def _dagster(endpoint: str, sim: RemoteSimulator, shop: str, user: str) -> tuple
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(USER_PARTITIONS_NAME, [user])
     result = dg.materialize(sync_assets, partition_key=user, instance=instance,
-                            resources={"sync_engine": resource}, run_config=sync_run_config("initial"))
+                            resources={"sync_engine": resource},
+                            run_config={**sync_run_config("initial"),
+                                        "loggers": {"console": {"config": {"log_level": "WARNING"}}}})
     seconds = time.monotonic() - started
     assert result.success
     return seconds, _counts(service.engine, settings, user)

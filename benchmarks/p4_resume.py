@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -65,8 +66,15 @@ def _slice_key(url: str) -> tuple | None:
     else:
         if query.get("limit") == ["1"]:
             return None  # the planning request (oldest order)
-        low, high = query.get("created_at_min", [None])[0], query.get("created_at_max", [None])[0]
-    return (low or "", high or "~")
+        low, high = (_epoch(query.get(name, [None])[0]) for name in ("created_at_min", "created_at_max"))
+    return (-1 if low is None else low, 10**12 if high is None else high)
+
+
+def _epoch(value: str | None) -> int | None:
+    """An ISO query value as the epoch seconds the simulator keeps in page_info filters."""
+    if value is None:
+        return None
+    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() // 1)
 
 
 def run() -> None:
