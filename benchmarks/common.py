@@ -30,13 +30,18 @@ from shopify_pipeline.sync.service import SyncService
 def machine() -> str:
     """nproc, RAM, Python and the date, for RESULTS.md."""
     try:
-        mem_kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
-                          if line.startswith("MemTotal")).split()[1])
+        mem_kb = int(
+            next(
+                line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+            ).split()[1]
+        )
     except (OSError, StopIteration):
         mem_kb = 0
     date = subprocess.run(["date"], capture_output=True, text=True).stdout.strip()
-    return (f"nproc={os.cpu_count()} RAM={mem_kb / 1024 / 1024:.1f} GiB Python={platform.python_version()} "
-            f"{platform.system()} {platform.machine()} date='{date}'")
+    return (
+        f"nproc={os.cpu_count()} RAM={mem_kb / 1024 / 1024:.1f} GiB Python={platform.python_version()} "
+        f"{platform.system()} {platform.machine()} date='{date}'"
+    )
 
 
 def header(name: str) -> None:
@@ -69,8 +74,12 @@ def shopify_settings(**changes) -> ShopifySettings:
     return ShopifySettings(allow_local_shops=True, **changes)
 
 
-def service_for(settings: Settings, shopify: ShopifySettings, options: SyncOptions | None = None,
-                connections: dict[str, tuple[str, str]] | None = None) -> SyncService:
+def service_for(
+    settings: Settings,
+    shopify: ShopifySettings,
+    options: SyncOptions | None = None,
+    connections: dict[str, tuple[str, str]] | None = None,
+) -> SyncService:
     """A SyncService with `connections` (user → (shop url, token)) added."""
     service = SyncService(SyncEngine(settings, shopify, options or SyncOptions()))
     for user, (url, token) in (connections or {}).items():
@@ -89,7 +98,10 @@ class RemoteSimulator:
         self.tokens = {shop["name"]: shop["token"] for shop in shops}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "shopify_pipeline.cli", "simulator", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 120
         self.base_url = ""
         while time.monotonic() < deadline:
@@ -118,9 +130,12 @@ class RemoteSimulator:
 
     def _call(self, path: str, body: dict | None = None):
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.base_url}/_simulator/shops/{path}", data=data,
-                                         headers={"Content-Type": "application/json"},
-                                         method="GET" if body is None else "POST")
+        request = urllib.request.Request(
+            f"{self.base_url}/_simulator/shops/{path}",
+            data=data,
+            headers={"Content-Type": "application/json"},
+            method="GET" if body is None else "POST",
+        )
         with urllib.request.urlopen(request, timeout=120) as answer:
             return json.loads(answer.read())
 

@@ -46,10 +46,13 @@ def _dagster(endpoint: str, sim: RemoteSimulator, shop: str, user: str) -> tuple
     started = time.monotonic()
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(USER_PARTITIONS_NAME, [user])
-    result = dg.materialize(sync_assets, partition_key=user, instance=instance,
-                            resources={"sync_engine": resource},
-                            run_config={**sync_run_config("initial"),
-                                        "loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+    result = dg.materialize(
+        sync_assets,
+        partition_key=user,
+        instance=instance,
+        resources={"sync_engine": resource},
+        run_config={**sync_run_config("initial"), "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
     seconds = time.monotonic() - started
     assert result.success
     return seconds, _counts(service.engine, settings, user)
@@ -67,12 +70,17 @@ def run() -> None:
         # Warm-up (imports, DynamoDB Local JIT, the simulator's render cache is per shop so no help there).
         _engine_alone(endpoint, sim, "g0", "user-warmup")
         for r in range(ROUNDS):
-            for kind, fn, shop in (("engine alone", _engine_alone, f"g{2 * r}"), ("dagster materialize", _dagster, f"g{2 * r + 1}")):
+            for kind, fn, shop in (
+                ("engine alone", _engine_alone, f"g{2 * r}"),
+                ("dagster materialize", _dagster, f"g{2 * r + 1}"),
+            ):
                 seconds, counts = fn(endpoint, sim, shop, f"user-{kind.split()[0]}-{r}")
                 rows.append({"round": r + 1, "how": kind, "seconds": seconds, "stored": counts})
                 print(table(rows[-1:], list(rows[-1])), flush=True)
     engine_s = sum(r["seconds"] for r in rows if r["how"] == "engine alone") / ROUNDS
     dagster_s = sum(r["seconds"] for r in rows if r["how"] != "engine alone") / ROUNDS
-    print(f"\nDagster summary: engine alone {engine_s:.1f}s, dagster {dagster_s:.1f}s (mean of {ROUNDS}); "
-          f"overhead {dagster_s - engine_s:+.1f}s = {dagster_s / engine_s:.2f}×\n" + table(rows, list(rows[0])),
-          flush=True)
+    print(
+        f"\nDagster summary: engine alone {engine_s:.1f}s, dagster {dagster_s:.1f}s (mean of {ROUNDS}); "
+        f"overhead {dagster_s - engine_s:+.1f}s = {dagster_s / engine_s:.2f}×\n" + table(rows, list(rows[0])),
+        flush=True,
+    )

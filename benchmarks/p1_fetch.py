@@ -41,8 +41,14 @@ SHOPIFYAPI_SECONDS = 25.0
 
 
 def _shop(name: str, latency: float = LATENCY) -> dict:
-    return {"name": name, "token": f"shpat_{name}", "orders": ORDERS, "seed": 5, "plan": "standard",
-            "faults": {"latency_seconds": latency}}
+    return {
+        "name": name,
+        "token": f"shpat_{name}",
+        "orders": ORDERS,
+        "seed": 5,
+        "plan": "standard",
+        "faults": {"latency_seconds": latency},
+    }
 
 
 def _staged_ids(service, user: str) -> set[int]:
@@ -54,34 +60,57 @@ def _staged_ids(service, user: str) -> set[int]:
     return ids
 
 
-def _row(name: str, stats: dict, seconds: float, records: int, distinct: int, leak: float, size: int,
-         note: str = "", stopped: bool = False) -> dict:
+def _row(
+    name: str,
+    stats: dict,
+    seconds: float,
+    records: int,
+    distinct: int,
+    leak: float,
+    size: int,
+    note: str = "",
+    stopped: bool = False,
+) -> dict:
     total = stats["total_requests"]
     accepted = total - stats["throttled"]  # a 429 takes no room in the bucket
     pages = stats["requests"].get("orders", 0) - stats["throttled"]
     # The best any client can do: `size` requests at once, then one per leak interval.
     ideal = max(0.0, accepted - size) / leak
     return {
-        "client": name, "seconds": round(seconds, 1), "requests": total, "pages": pages,
-        "pages/s": pages / seconds, "accepted requests/s ÷ leak": accepted / seconds / leak,
+        "client": name,
+        "seconds": round(seconds, 1),
+        "requests": total,
+        "pages": pages,
+        "pages/s": pages / seconds,
+        "accepted requests/s ÷ leak": accepted / seconds / leak,
         "ideal s / actual s": ideal / seconds if seconds else 0.0,
-        "429s": stats["throttled"], "records": records, "distinct": distinct, "lost": "n/a (stopped)" if stopped else ORDERS - distinct,
+        "429s": stats["throttled"],
+        "records": records,
+        "distinct": distinct,
+        "lost": "n/a (stopped)" if stopped else ORDERS - distinct,
         "note": note,
     }
 
 
-def _engine_fetch(endpoint: str, sim: RemoteSimulator, shop: str, slices: int = 4, **shopify) -> tuple[dict, float, object]:
+def _engine_fetch(
+    endpoint: str, sim: RemoteSimulator, shop: str, slices: int = 4, **shopify
+) -> tuple[dict, float, object]:
     user = f"user-{shop}"
-    service = service_for(fresh_settings(endpoint), shopify_settings(page_size=PAGE, **shopify),
-                          SyncOptions(slices=slices), {user: (sim.shop_url(shop), sim.tokens[shop])})
+    service = service_for(
+        fresh_settings(endpoint),
+        shopify_settings(page_size=PAGE, **shopify),
+        SyncOptions(slices=slices),
+        {user: (sim.shop_url(shop), sim.tokens[shop])},
+    )
     started = time.monotonic()
     result = service.engine.fetch(user, "initial", "orders")
     seconds = time.monotonic() - started
     return {"result": result, "service": service, "user": user}, seconds, result
 
 
-def _shopifyapi_pages(sim: RemoteSimulator, shop: str, limit: int, fields: str | None, seconds: float,
-                      retry: bool) -> dict:
+def _shopifyapi_pages(
+    sim: RemoteSimulator, shop: str, limit: int, fields: str | None, seconds: float, retry: bool
+) -> dict:
     import shopify
     from pyactiveresource.connection import ClientError
 
@@ -120,16 +149,25 @@ def _shopifyapi_pages(sim: RemoteSimulator, shop: str, limit: int, fields: str |
     finally:
         elapsed = time.monotonic() - started
         shopify.ShopifyResource.clear_session()
-    return {"ids": ids, "pages": pages, "seconds": elapsed, "failure": failure, "retries": retries,
-            "complete": pages and not failure and len(set(ids)) == ORDERS}
+    return {
+        "ids": ids,
+        "pages": pages,
+        "seconds": elapsed,
+        "failure": failure,
+        "retries": retries,
+        "complete": pages and not failure and len(set(ids)) == ORDERS,
+    }
 
 
 def run() -> None:
     header("P1 fetch efficiency")
     names = ["adaptive", "adaptive8", "seedgap", "tunedgap", "lib250", "stress_noretry", "stress_retry"]
     shops = [_shop(n) for n in names[:5]] + [_shop(n, 0.0) for n in names[5:]]
-    print(f"{ORDERS} orders per shop, page size {PAGE} for the engine ({ORDERS // PAGE} pages), standard plan at "
-          f"time_scale {TIME_SCALE} (bucket 40, leak 10/s, Retry-After 0.4 s), latency {LATENCY}s.", flush=True)
+    print(
+        f"{ORDERS} orders per shop, page size {PAGE} for the engine ({ORDERS // PAGE} pages), standard plan at "
+        f"time_scale {TIME_SCALE} (bucket 40, leak 10/s, Retry-After 0.4 s), latency {LATENCY}s.",
+        flush=True,
+    )
     rows = []
     with dynamodb() as endpoint, RemoteSimulator(shops, time_scale=TIME_SCALE) as sim:
         leak, size = sim.stats("adaptive")["leak_per_second"], sim.stats("adaptive")["bucket_size"]
@@ -140,7 +178,8 @@ def run() -> None:
         def seed_fixed() -> None:
             try:
                 seed_out["ctx"], seed_out["seconds"], _ = _engine_fetch(
-                    endpoint, sim, "seedgap", pacing="fixed", fixed_gap_seconds=SEED_GAP, retries=0)
+                    endpoint, sim, "seedgap", pacing="fixed", fixed_gap_seconds=SEED_GAP, retries=0
+                )
             except PermanentError as error:
                 seed_out["error"] = type(error).__name__
 
@@ -150,28 +189,66 @@ def run() -> None:
 
         ctx, seconds, result = _engine_fetch(endpoint, sim, "adaptive")
         distinct = len(_staged_ids(ctx["service"], ctx["user"]))
-        rows.append(_row("engine adaptive, 4 slices", sim.stats("adaptive"), seconds, result.records, distinct,
-                         leak, size, f"client-side 429 waits {result.throttle_wait_seconds:.1f}s"))
+        rows.append(
+            _row(
+                "engine adaptive, 4 slices",
+                sim.stats("adaptive"),
+                seconds,
+                result.records,
+                distinct,
+                leak,
+                size,
+                f"client-side 429 waits {result.throttle_wait_seconds:.1f}s",
+            )
+        )
         print(table(rows[-1:], list(rows[-1])), flush=True)
 
         ctx, seconds, result = _engine_fetch(endpoint, sim, "adaptive8", slices=8)
         distinct = len(_staged_ids(ctx["service"], ctx["user"]))
-        rows.append(_row("engine adaptive, 8 slices (SyncOptions(slices=8))", sim.stats("adaptive8"), seconds,
-                         result.records, distinct, leak, size,
-                         f"client-side 429 waits {result.throttle_wait_seconds:.1f}s"))
+        rows.append(
+            _row(
+                "engine adaptive, 8 slices (SyncOptions(slices=8))",
+                sim.stats("adaptive8"),
+                seconds,
+                result.records,
+                distinct,
+                leak,
+                size,
+                f"client-side 429 waits {result.throttle_wait_seconds:.1f}s",
+            )
+        )
         print(table(rows[-1:], list(rows[-1])), flush=True)
 
         ctx, seconds, result = _engine_fetch(endpoint, sim, "tunedgap", pacing="fixed", fixed_gap_seconds=1 / leak)
         distinct = len(_staged_ids(ctx["service"], ctx["user"]))
-        rows.append(_row("engine fixed gap 0.1 s (= 1/leak)", sim.stats("tunedgap"), seconds, result.records,
-                         distinct, leak, size))
+        rows.append(
+            _row(
+                "engine fixed gap 0.1 s (= 1/leak)",
+                sim.stats("tunedgap"),
+                seconds,
+                result.records,
+                distinct,
+                leak,
+                size,
+            )
+        )
         print(table(rows[-1:], list(rows[-1])), flush=True)
 
         lib = _shopifyapi_pages(sim, "lib250", 250, None, SHOPIFYAPI_SECONDS, retry=False)
-        rows.append(_row("ShopifyAPI 12.7.0, limit 250, whole orders", sim.stats("lib250"), lib["seconds"],
-                         len(lib["ids"]), len(set(lib["ids"])), leak, size,
-                         f"time-boxed at {SHOPIFYAPI_SECONDS:.0f}s ({lib['pages']} of {ORDERS // 250} pages); "
-                         f"{lib['failure'] or 'no error'}", stopped=True))
+        rows.append(
+            _row(
+                "ShopifyAPI 12.7.0, limit 250, whole orders",
+                sim.stats("lib250"),
+                lib["seconds"],
+                len(lib["ids"]),
+                len(set(lib["ids"])),
+                leak,
+                size,
+                f"time-boxed at {SHOPIFYAPI_SECONDS:.0f}s ({lib['pages']} of {ORDERS // 250} pages); "
+                f"{lib['failure'] or 'no error'}",
+                stopped=True,
+            )
+        )
         print(table(rows[-1:], list(rows[-1])), flush=True)
 
         for shop, retry in (("stress_noretry", False), ("stress_retry", True)):
@@ -179,8 +256,18 @@ def run() -> None:
             note = lib["failure"] or "completed"
             if retry:
                 note += f"; {lib['retries']} retries (sleep Retry-After)"
-            rows.append(_row(f"ShopifyAPI, limit {PAGE}, fields=id, no latency, {'retry on 429' if retry else 'no retry'}",
-                             sim.stats(shop), lib["seconds"], len(lib["ids"]), len(set(lib["ids"])), leak, size, note))
+            rows.append(
+                _row(
+                    f"ShopifyAPI, limit {PAGE}, fields=id, no latency, {'retry on 429' if retry else 'no retry'}",
+                    sim.stats(shop),
+                    lib["seconds"],
+                    len(lib["ids"]),
+                    len(set(lib["ids"])),
+                    leak,
+                    size,
+                    note,
+                )
+            )
             print(table(rows[-1:], list(rows[-1])), flush=True)
 
         # Stop the seed-gap row: a frozen shop answers 402, a permanent error that ends its fetch.
@@ -189,8 +276,19 @@ def run() -> None:
         sim.set_state("seedgap", "frozen")
         seed_thread.join(timeout=SEED_GAP + 10)
         pages = seed_stats["requests"].get("orders", 0)
-        rows.insert(2, _row(f"engine fixed gap {SEED_GAP:.0f} s (seed's 120 s ÷ time_scale)", seed_stats,
-                            seed_window, pages * PAGE, pages * PAGE, leak, size,
-                            f"stopped after {seed_window:.0f}s; at this rate {ORDERS // PAGE} pages take "
-                            f"{(ORDERS // PAGE + 3) * SEED_GAP / 3600:.1f} h", stopped=True))
+        rows.insert(
+            2,
+            _row(
+                f"engine fixed gap {SEED_GAP:.0f} s (seed's 120 s ÷ time_scale)",
+                seed_stats,
+                seed_window,
+                pages * PAGE,
+                pages * PAGE,
+                leak,
+                size,
+                f"stopped after {seed_window:.0f}s; at this rate {ORDERS // PAGE} pages take "
+                f"{(ORDERS // PAGE + 3) * SEED_GAP / 3600:.1f} h",
+                stopped=True,
+            ),
+        )
     print("\nP1 summary\n" + table(rows, list(rows[0])), flush=True)

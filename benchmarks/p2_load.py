@@ -58,14 +58,17 @@ def _pre_encoded(cache: dict[int, EncodedRecord] | None) -> Iterator[None]:
 
 def _encode(orders: list[dict], document_format: str) -> tuple[dict[int, EncodedRecord], float]:
     started = time.monotonic()
-    cache = {doc["id"]: encode_record("orders", USER, "orders", doc, 380_000, native=document_format == "native")
-             for doc in orders}
+    cache = {
+        doc["id"]: encode_record("orders", USER, "orders", doc, 380_000, native=document_format == "native")
+        for doc in orders
+    }
     assert not any(record.chunks for record in cache.values())
     return cache, time.monotonic() - started
 
 
-def _ours(endpoint: str, orders: list[dict], document_format: str, workers: int,
-          cache: dict[int, EncodedRecord] | None) -> dict:
+def _ours(
+    endpoint: str, orders: list[dict], document_format: str, workers: int, cache: dict[int, EncodedRecord] | None
+) -> dict:
     settings = fresh_settings(endpoint, document_format=document_format, write_workers=workers)
     writer = BatchWriter(dynamodb_client(settings), settings)
     with _pre_encoded(cache):
@@ -81,11 +84,15 @@ def _boto3(endpoint: str, cache: dict[int, EncodedRecord], document_format: str)
     settings = fresh_settings(endpoint, document_format=document_format)
     deserializer = TypeDeserializer()
     started = time.monotonic()
-    items = [{key: deserializer.deserialize(value) for key, value in record.item.items()}
-             for record in cache.values()]
+    items = [{key: deserializer.deserialize(value) for key, value in record.item.items()} for record in cache.values()]
     convert_seconds = time.monotonic() - started
-    resource = boto3.resource("dynamodb", endpoint_url=endpoint, region_name=settings.aws_region,
-                              aws_access_key_id="local", aws_secret_access_key="local")
+    resource = boto3.resource(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name=settings.aws_region,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
     started = time.monotonic()
     with resource.Table(settings.tables.orders).batch_writer() as batch:
         for item in items:
@@ -111,23 +118,57 @@ def run() -> None:
             write_rate = ORDERS / base["seconds"]
             e2e_rate = ORDERS / (base["seconds"] + encode_seconds)
 
-            def add(writer: str, path: str, seconds: float, base_rate: float, note: str = "", **extra) -> None:
+            def add(
+                writer: str, path: str, seconds: float, base_rate: float, note: str = "",
+                document_format: str = document_format, **extra,
+            ) -> None:
                 rate = ORDERS / seconds
-                rows.append({"format": document_format, "what is timed": path, "writer": writer,
-                             "seconds": seconds, "records/s": rate, "ratio to boto3": rate / base_rate,
-                             "note": note, **extra})
+                rows.append(
+                    {
+                        "format": document_format,
+                        "what is timed": path,
+                        "writer": writer,
+                        "seconds": seconds,
+                        "records/s": rate,
+                        "ratio to boto3": rate / base_rate,
+                        "note": note,
+                        **extra,
+                    }
+                )
                 print(table(rows[-1:], list(rows[-1])), flush=True)
 
-            add("boto3 Table.batch_writer (1 thread)", "write only", base["seconds"], write_rate,
-                f"+{base['convert_seconds']:.1f}s converting to the resource layer's types, not timed")
+            add(
+                "boto3 Table.batch_writer (1 thread)",
+                "write only",
+                base["seconds"],
+                write_rate,
+                f"+{base['convert_seconds']:.1f}s converting to the resource layer's types, not timed",
+            )
             for workers in (1, 4, 8):
                 ours = _ours(endpoint, orders, document_format, workers, cache)
-                add(f"BatchWriter, {workers} worker(s)" + (" (default)" if workers == 4 else ""), "write only",
-                    ours["seconds"], write_rate, f"{ours['resubmissions']} resubmissions, {ours['failed']} failed")
-            add("boto3 Table.batch_writer (1 thread)", "encode + write", base["seconds"] + encode_seconds, e2e_rate,
-                f"encode_record {encode_seconds:.1f}s + write {base['seconds']:.1f}s")
+                add(
+                    f"BatchWriter, {workers} worker(s)" + (" (default)" if workers == 4 else ""),
+                    "write only",
+                    ours["seconds"],
+                    write_rate,
+                    f"{ours['resubmissions']} resubmissions, {ours['failed']} failed",
+                )
+            add(
+                "boto3 Table.batch_writer (1 thread)",
+                "encode + write",
+                base["seconds"] + encode_seconds,
+                e2e_rate,
+                f"encode_record {encode_seconds:.1f}s + write {base['seconds']:.1f}s",
+            )
             ours = _ours(endpoint, orders, document_format, 4, None)
-            add("BatchWriter, 4 workers (default)", "encode + write", ours["seconds"], e2e_rate,
-                "encodes inside its worker threads (GIL-bound)")
-    print("\nP2 summary (ratio = records/s ÷ boto3's, same format, same timed work)\n" + table(rows, list(rows[0])),
-          flush=True)
+            add(
+                "BatchWriter, 4 workers (default)",
+                "encode + write",
+                ours["seconds"],
+                e2e_rate,
+                "encodes inside its worker threads (GIL-bound)",
+            )
+    print(
+        "\nP2 summary (ratio = records/s ÷ boto3's, same format, same timed work)\n" + table(rows, list(rows[0])),
+        flush=True,
+    )

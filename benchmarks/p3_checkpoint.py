@@ -26,8 +26,9 @@ def run() -> None:
     shop = {"name": "p3", "token": "shpat_p3", "orders": ORDERS, "seed": 3, "plan": "unlimited"}
     rows = []
     with dynamodb() as endpoint, RemoteSimulator([shop]) as sim:
-        service = service_for(fresh_settings(endpoint), shopify_settings(), SyncOptions(),
-                              {USER: (sim.shop_url("p3"), "shpat_p3")})
+        service = service_for(
+            fresh_settings(endpoint), shopify_settings(), SyncOptions(), {USER: (sim.shop_url("p3"), "shpat_p3")}
+        )
         engine = service.engine
         lock = threading.Lock()
         seed_bytes = {"orders": 0, "bytes": 0}
@@ -56,21 +57,37 @@ def run() -> None:
                     marks.remove(m)
                 seed = dict(seed_bytes)
             size = engine.state.checkpoint_size(USER, "initial", "orders")
-            rows.append({"when": f"{due[-1]:,} orders fetched (at {fetched:,})", "checkpoint item bytes": size,
-                         "seed's checkpoint bytes (computed)": f"{seed['bytes']:,} for {seed['orders']:,} orders",
-                         "seed ÷ ours": f"{seed['bytes'] / size:,.0f}×"})
+            rows.append(
+                {
+                    "when": f"{due[-1]:,} orders fetched (at {fetched:,})",
+                    "checkpoint item bytes": size,
+                    "seed's checkpoint bytes (computed)": f"{seed['bytes']:,} for {seed['orders']:,} orders",
+                    "seed ÷ ours": f"{seed['bytes'] / size:,.0f}×",
+                }
+            )
             print(table(rows[-1:], list(rows[-1])), flush=True)
 
         result = engine.fetch(USER, "initial", "orders", progress)
         size = engine.state.checkpoint_size(USER, "initial", "orders")
-        rows.append({"when": f"fetch done ({result.records:,} orders, {result.pages} pages)",
-                     "checkpoint item bytes": size,
-                     "seed's checkpoint bytes (computed)": f"{seed_bytes['bytes']:,} for {seed_bytes['orders']:,} orders",
-                     "seed ÷ ours": f"{seed_bytes['bytes'] / size:,.0f}×"})
+        rows.append(
+            {
+                "when": f"fetch done ({result.records:,} orders, {result.pages} pages)",
+                "checkpoint item bytes": size,
+                "seed's checkpoint bytes (computed)": f"{seed_bytes['bytes']:,} for {seed_bytes['orders']:,} orders",
+                "seed ÷ ours": f"{seed_bytes['bytes'] / size:,.0f}×",
+            }
+        )
         state = engine.state.load_checkpoint(USER, "initial", "orders").state
-        print("checkpoint state after the fetch:", {k: v for k, v in state.items() if k != "slices"},
-              f"+ {len(state['slices'])} slices like {state['slices'][-1]}", flush=True)
+        print(
+            "checkpoint state after the fetch:",
+            {k: v for k, v in state.items() if k != "slices"},
+            f"+ {len(state['slices'])} slices like {state['slices'][-1]}",
+            flush=True,
+        )
         per_order = seed_bytes["bytes"] / max(1, seed_bytes["orders"])
-        print(f"orders' JSON averages {per_order:,.0f} bytes: the seed's item passes DynamoDB's 400 KB limit "
-              f"after ~{400 * 1024 / per_order:.0f} orders", flush=True)
+        print(
+            f"orders' JSON averages {per_order:,.0f} bytes: the seed's item passes DynamoDB's 400 KB limit "
+            f"after ~{400 * 1024 / per_order:.0f} orders",
+            flush=True,
+        )
     print("\nP3 summary\n" + table(rows, list(rows[0])), flush=True)

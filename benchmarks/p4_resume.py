@@ -79,25 +79,39 @@ def _epoch(value: str | None) -> int | None:
 
 def run() -> None:
     header("P4 resume after SIGKILL")
-    shop = {"name": "p4", "token": "shpat_p4", "orders": ORDERS, "seed": 21, "plan": "plus",
-            "faults": {"latency_seconds": 0.05}}
+    shop = {
+        "name": "p4",
+        "token": "shpat_p4",
+        "orders": ORDERS,
+        "seed": 21,
+        "plan": "plus",
+        "faults": {"latency_seconds": 0.05},
+    }
     rng = random.Random(int(os.environ.get("BENCH_SEED", "7")))
-    with dynamodb() as endpoint, RemoteSimulator([shop], time_scale=10) as sim, \
-            tempfile.TemporaryDirectory() as tmp:
+    with dynamodb() as endpoint, RemoteSimulator([shop], time_scale=10) as sim, tempfile.TemporaryDirectory() as tmp:
         settings = fresh_settings(endpoint)
         service = service_for(settings, shopify_settings(), SyncOptions(), {USER: (sim.shop_url("p4"), "shpat_p4")})
         engine = service.engine
         url_log = Path(tmp) / "urls.log"
         prefix = settings.tables.checkpoints.removesuffix("sync_checkpoints")
-        env = {**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": endpoint, "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix,
-               "SHOPIFY_ALLOW_LOCAL_SHOPS": "1", "SHOPIFY_PAGE_SIZE": str(PAGE), "BENCH_URL_LOG": str(url_log)}
+        env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
+            "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix,
+            "SHOPIFY_ALLOW_LOCAL_SHOPS": "1",
+            "SHOPIFY_PAGE_SIZE": str(PAGE),
+            "BENCH_URL_LOG": str(url_log),
+        }
         total_pages = ORDERS // PAGE
         targets = sorted(rng.sample(range(2, total_pages - 4), KILLS))
         kills = []
         for run_number, target in enumerate(targets):
-            process = subprocess.Popen([sys.executable, "-m", "benchmarks.p4_resume", "child"],
-                                       env={**env, "BENCH_RUN": str(run_number)},
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.p4_resume", "child"],
+                env={**env, "BENCH_RUN": str(run_number)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 90
             page = 0
             while time.monotonic() < deadline and process.poll() is None:
@@ -111,16 +125,26 @@ def run() -> None:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 status = engine.state.get_status(USER).get("orders", {})
-                kills.append({"kill": run_number + 1, "target page": target,
-                              "delay ms": round(delay * 1000), "stage at kill": status.get("stage"),
-                              "pages saved at kill": status.get("page")})
+                kills.append(
+                    {
+                        "kill": run_number + 1,
+                        "target page": target,
+                        "delay ms": round(delay * 1000),
+                        "stage at kill": status.get("stage"),
+                        "pages saved at kill": status.get("page"),
+                    }
+                )
             else:
                 process.wait()
             service.clear_sync_status(USER, "orders", release_lease=True)
         final_run = len(targets)
-        final = subprocess.run([sys.executable, "-m", "benchmarks.p4_resume", "child"],
-                               env={**env, "BENCH_RUN": str(final_run)}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=300)
+        final = subprocess.run(
+            [sys.executable, "-m", "benchmarks.p4_resume", "child"],
+            env={**env, "BENCH_RUN": str(final_run)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=300,
+        )
         status = engine.state.get_status(USER)["orders"]
         stored = RecordTable(engine.dynamodb, settings, "orders").count(USER)
         stats = sim.stats("p4")
@@ -144,17 +168,25 @@ def run() -> None:
         for kill in kills:
             after = kill["kill"]  # the run after kill k is run number k
             per_slice = {order[key]: repeats[(after, index)] for key, index in slices.items()}
-            rows.append({**kill, "pages fetched again by the next run": sum(per_slice.values()),
-                         "per slice": " ".join(f"s{s}:{n}" for s, n in sorted(per_slice.items())),
-                         "max per slice": max(per_slice.values(), default=0)})
+            rows.append(
+                {
+                    **kill,
+                    "pages fetched again by the next run": sum(per_slice.values()),
+                    "per slice": " ".join(f"s{s}:{n}" for s, n in sorted(per_slice.items())),
+                    "max per slice": max(per_slice.values(), default=0),
+                }
+            )
         print(table(rows, list(rows[0])), flush=True)
         refetched = sum(repeats.values())
-        print(f"\nfinal run exit code {final.returncode}; status {status['status']}; {stored} of {ORDERS} orders "
-              f"stored; {len(kills)} kills; {refetched} pages fetched again in all "
-              f"({refetched / max(1, len(kills)):.2f} per kill, target ≤ {SyncOptions().slices} per kill = 1 per slice); "
-              f"max per slice per kill {max((r['max per slice'] for r in rows), default=0)}; "
-              f"simulator: {stats['requests'].get('orders', 0)} order-page requests for {len(seen)} distinct pages "
-              f"(+1 planning request per fresh plan).", flush=True)
+        print(
+            f"\nfinal run exit code {final.returncode}; status {status['status']}; {stored} of {ORDERS} orders "
+            f"stored; {len(kills)} kills; {refetched} pages fetched again in all "
+            f"({refetched / max(1, len(kills)):.2f} per kill, target ≤ {SyncOptions().slices} per kill = 1 per slice); "
+            f"max per slice per kill {max((r['max per slice'] for r in rows), default=0)}; "
+            f"simulator: {stats['requests'].get('orders', 0)} order-page requests for {len(seen)} distinct pages "
+            f"(+1 planning request per fresh plan).",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ CHANGES = (0, 10, 249, 1_000)
 
 
 def _delta(after: dict, before: dict) -> dict:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before) if after.get(k, 0) != before.get(k, 0)}
+    return {
+        k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before) if after.get(k, 0) != before.get(k, 0)
+    }
 
 
 def run() -> None:
@@ -28,8 +30,12 @@ def run() -> None:
     with dynamodb() as endpoint, RemoteSimulator(shops, time_scale=10) as sim:
         for n in CHANGES:
             shop, user = f"d{n}", f"user-d{n}"
-            service = service_for(fresh_settings(endpoint), shopify_settings(), SyncOptions(),
-                                  {user: (sim.shop_url(shop), f"shpat_{shop}")})
+            service = service_for(
+                fresh_settings(endpoint),
+                shopify_settings(),
+                SyncOptions(),
+                {user: (sim.shop_url(shop), f"shpat_{shop}")},
+            )
             initial = service.initial_sync(user, data_types=("orders",))
             assert initial.success, initial
             before = sim.stats(shop)
@@ -40,9 +46,16 @@ def run() -> None:
             daily = service.daily_sync(user, data_types=("orders",))
             after = sim.stats(shop)
             result = daily.data_types["orders"]
-            rows.append({"orders changed": n, "daily requests": after["total_requests"] - before["total_requests"],
-                         "by endpoint": _delta(after["requests"], before["requests"]),
-                         "records fetched": result.records, "pages": result.pages, "success": daily.success,
-                         "initial sync requests (for scale)": initial_requests})
+            rows.append(
+                {
+                    "orders changed": n,
+                    "daily requests": after["total_requests"] - before["total_requests"],
+                    "by endpoint": _delta(after["requests"], before["requests"]),
+                    "records fetched": result.records,
+                    "pages": result.pages,
+                    "success": daily.success,
+                    "initial sync requests (for scale)": initial_requests,
+                }
+            )
             print(table(rows[-1:], list(rows[-1])), flush=True)
     print("\nP6 summary\n" + table(rows, list(rows[0])), flush=True)
