@@ -15,7 +15,7 @@ FAST_SHOPIFY = ShopifySettings(allow_local_shops=True, backoff_seconds=0.01, tim
 
 SHOPS = [
     ShopConfig("acme", "shpat_acme", orders=1200, products=40, customers=60, seed=11, plan="plus",
-               large_order_every=500),
+               large_order_every=500, large_order_line_items=700),
     ShopConfig("small", "shpat_small", orders=60, products=5, customers=7, seed=12, plan="plus"),
     ShopConfig("frozen", "shpat_frozen", orders=5, state="frozen"),
     ShopConfig("recent", "shpat_recent", orders=30, scopes=("read_orders", "read_products", "read_customers"),

@@ -4,6 +4,7 @@ import logging
 
 import pytest
 
+from shopify_pipeline.exact_json import dumps_json
 from shopify_pipeline.shopify.errors import InvalidTokenError, ShopFrozenError
 from shopify_pipeline.simulator import FaultConfig, FaultRule
 from shopify_pipeline_tests.sync.conftest import source_of_truth, stored
@@ -16,6 +17,8 @@ def test_initial_sync_copies_every_record_exactly(service, sim):
         assert stored(service, "user-acme", data_type) == source_of_truth(sim, "acme", data_type)
     orders = stored(service, "user-acme", "orders")
     assert max(orders) > 2**53
+    biggest = max(len(dumps_json(o)) for o in orders.values())
+    assert biggest > 400 * 1024, f"an order over DynamoDB's item limit is synced too ({biggest} bytes)"
     assert {o["financial_status"] for o in orders.values()} >= {"paid"}
     assert any(o.get("cancelled_at") for o in orders.values()), "cancelled orders are synced too"
     assert result.data_types["orders"].pages >= 5  # 1 200 orders in 4 slices
