@@ -187,37 +187,13 @@ def run() -> None:
         seed_thread = threading.Thread(target=seed_fixed, daemon=True)
         seed_thread.start()
 
-        ctx, seconds, result = _engine_fetch(endpoint, sim, "adaptive")
-        distinct = len(_staged_ids(ctx["service"], ctx["user"]))
-        rows.append(
-            _row(
-                "engine adaptive, 4 slices",
-                sim.stats("adaptive"),
-                seconds,
-                result.records,
-                distinct,
-                leak,
-                size,
-                f"client-side 429 waits {result.throttle_wait_seconds:.1f}s",
-            )
-        )
-        print(table(rows[-1:], list(rows[-1])), flush=True)
-
-        ctx, seconds, result = _engine_fetch(endpoint, sim, "adaptive8", slices=8)
-        distinct = len(_staged_ids(ctx["service"], ctx["user"]))
-        rows.append(
-            _row(
-                "engine adaptive, 8 slices (SyncOptions(slices=8))",
-                sim.stats("adaptive8"),
-                seconds,
-                result.records,
-                distinct,
-                leak,
-                size,
-                f"client-side 429 waits {result.throttle_wait_seconds:.1f}s",
-            )
-        )
-        print(table(rows[-1:], list(rows[-1])), flush=True)
+        for label, shop, slices in (("engine adaptive, 4 slices", "adaptive", 4),
+                                    ("engine adaptive, 8 slices (SyncOptions(slices=8))", "adaptive8", 8)):
+            ctx, seconds, result = _engine_fetch(endpoint, sim, shop, slices=slices)
+            distinct = len(_staged_ids(ctx["service"], ctx["user"]))
+            waits = f"client-side 429 waits {result.throttle_wait_seconds:.1f}s"
+            rows.append(_row(label, sim.stats(shop), seconds, result.records, distinct, leak, size, waits))
+            print(table(rows[-1:], list(rows[-1])), flush=True)
 
         ctx, seconds, result = _engine_fetch(endpoint, sim, "tunedgap", pacing="fixed", fixed_gap_seconds=1 / leak)
         distinct = len(_staged_ids(ctx["service"], ctx["user"]))

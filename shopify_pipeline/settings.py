@@ -75,7 +75,7 @@ class Settings:
     unprocessed_backoff_seconds: float = 0.05
     unprocessed_backoff_cap_seconds: float = 2.0
     lease_seconds: int = 300
-    # "compressed": the document as zlib JSON (about 5x fewer write units, faster); "native": a DynamoDB
+    # "compressed": the document as zlib JSON (about 3x fewer write units, faster); "native": a DynamoDB
     # map, readable in the console. Both are lossless; oversized documents are compressed either way.
     document_format: str = "compressed"
     write_workers: int = 4
@@ -118,8 +118,8 @@ class ShopifySettings:
     retries: int = 3
     backoff_seconds: float = 1.0
     backoff_cap_seconds: float = 60.0
-    # Proactive pacing keeps a few requests of the bucket free; the leak rate is learned from the
-    # call-limit header and starts at the standard plan's 2/s.
+    # Proactive pacing keeps a few requests of the bucket free; the leak rate starts here, is raised to
+    # the plan's (bucket / 20) at the first call-limit header, and is then learned from the readings.
     bucket_margin: int = 2
     leak_per_second: float = 2.0
     # The seed's fixed gaps between pages ("fixed" pacing), off by default ("adaptive").
