@@ -144,9 +144,6 @@ class ClientStats:
             for name, amount in amounts.items():
                 setattr(self, name, getattr(self, name) + amount)
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-
 
 class ShopifyClient:
     """Talks to one shop's Admin REST API."""

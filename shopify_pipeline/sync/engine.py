@@ -264,7 +264,7 @@ class SyncEngine:
         """The work of a new sync: a daily sync reads what changed since the high-water mark; a full
         sync splits the created_at range into slices."""
         started_at = _iso(datetime.now(timezone.utc))
-        state = {"started_at": started_at, "pages": 0, "records": 0, "fetch_done": False, "loaded": 0}
+        state = {"started_at": started_at, "pages": 0, "records": 0, "fetch_done": False}
         if data_type == "orders" and sync_type != "daily":  # daily runs stay at one request when little changed
             state["only_recent_orders"] = "read_all_orders" not in client.granted_scopes()
             if state["only_recent_orders"]:
