@@ -66,17 +66,20 @@ def _print(args: argparse.Namespace, data, text: str) -> None:
 def _users(args: argparse.Namespace) -> int:
     service = _service()
     if args.action == "add":
-        if not (args.shop and args.token_ref):
-            raise SystemExit("users add needs --shop and --token-ref (env:VAR, secretsmanager:ID or literal:TOKEN)")
+        if args.user is None or not (args.shop and args.token_ref):
+            raise SystemExit("users add needs --user, --shop and --token-ref (env:VAR, secretsmanager:ID or "
+                             "literal:TOKEN)")
         connection = service.add_connection(args.user, args.shop, args.token_ref)
-        _print(args, connection.__dict__, f"added {connection.user_id} → {connection.shop}")
+        _print(args, connection.public(), f"added {connection.user_id} → {connection.shop}")
     elif args.action == "remove":
+        if args.user is None:
+            raise SystemExit("users remove needs --user")
         removed = service.remove_connection(args.user)
         _print(args, {"removed": removed}, f"removed {args.user}" if removed else f"no connection for {args.user}")
     else:
         connections = service.list_connections()
         rows = [f"{c.user_id:24} {c.shop:40} last syncs: {c.last_sync or '-'}" for c in connections]
-        _print(args, [c.__dict__ for c in connections], "\n".join(rows) or "no users connected")
+        _print(args, [c.public() for c in connections], "\n".join(rows) or "no users connected")
     return 0
 
 
@@ -90,9 +93,13 @@ def _sync(args: argparse.Namespace) -> int:
     summary = {name: r.__dict__ for name, r in result.data_types.items()}
     text = [f"{args.type} sync of {args.user}: {'succeeded' if result.success else 'FAILED'}"]
     for name, r in result.data_types.items():
+        if r.error:  # the fetch stopped: what it staged is in the checkpoint, and the next run resumes from it
+            text.append(f"  {name:10} {r.records:7} records  {r.pages:4} pages fetched so far, kept for the rerun"
+                        f"\n    error: {r.error}")
+            continue
         text.append(f"  {name:10} {r.records:7} records  {r.pages:4} pages  {r.retries} retries  "
                     f"{r.throttled} 429s waited out  {len(r.failed_pages)} failed pages  "
-                    f"{len(r.failed_batches)} failed batches" + (f"\n    error: {r.error}" if r.error else ""))
+                    f"{len(r.failed_batches)} failed batches")
     if not result.success:
         text.append(f"  next: `shopify-pipeline status --user {args.user}` says what failed and what to run.")
     _print(args, {"success": result.success, "dataTypes": summary}, "\n".join(text))
@@ -103,7 +110,8 @@ def _status(args: argparse.Namespace) -> int:
     status = _service().get_sync_status(args.user)
     lines = [f"{status['userId']}: {status['status']}"]
     for name, s in sorted(status["dataTypes"].items()):
-        stuck = "  (STUCK: no progress for longer than the lease; see the runbook)" if s.get("stuck") else ""
+        stuck = ("  (STUCK: no live lease and no progress for longer than the lease; see the runbook)"
+                 if s.get("stuck") else "")
         lines.append(f"  {name:10} {s['status']:10} {s.get('syncType', '-'):8} {s.get('message', '')}  "
                      f"[updated {s['updatedAt']}]{stuck}")
         if s.get("failedBatchRanges"):
@@ -143,7 +151,7 @@ def _retry_failed(args: argparse.Namespace) -> int:
 
 
 def _failed_batches(args: argparse.Namespace) -> int:
-    found = _service().engine.state.find_failed_batches(args.data_type, args.user)
+    found = _service().find_failed_batches(args.data_type, args.user)
     lines = [f"{f['userId']} {f['syncType']}: " + ", ".join(b["range"] for b in f["batches"]) for f in found]
     _print(args, found, "\n".join(lines) or f"no failed {args.data_type} batches")
     return 0

@@ -22,6 +22,18 @@ class SettingsError(PermanentError, ValueError):
     """A setting has a value we cannot use; the message names the variable and the fix."""
 
 
+def _number(env: Mapping[str, str], var: str, default: float) -> float:
+    if not env.get(var):
+        return default
+    try:
+        value = float(env[var])
+    except ValueError:
+        raise SettingsError(f"{var}={env[var]!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SettingsError(f"{var}={env[var]!r} is not a finite number")
+    return value
+
+
 @dataclass(frozen=True)
 class TableNames:
     """Names of the DynamoDB tables. `SYNC_CHECKPOINTS_TABLE` is the seed's variable name."""
@@ -74,7 +86,9 @@ class Settings:
     unprocessed_retries: int = 5
     unprocessed_backoff_seconds: float = 0.05
     unprocessed_backoff_cap_seconds: float = 2.0
-    lease_seconds: int = 300
+    # One sync per (user, data type): the lease lasts this long and a heartbeat renews it every third of it,
+    # so a crashed sync blocks the next one for at most this long (at once if it died on this host).
+    lease_seconds: float = 60.0
     # "compressed": the document as zlib JSON (about 3x fewer write units, faster); "native": a DynamoDB
     # map, readable in the console. Both are lossless; oversized documents are compressed either way.
     document_format: str = "compressed"
@@ -93,11 +107,15 @@ class Settings:
             raise SettingsError(
                 f"SHOPIFY_DOCUMENT_FORMAT={document_format!r} is unknown: use compressed (default) or native"
             )
+        lease_seconds = _number(env, "SYNC_LEASE_SECONDS", 60.0)
+        if not 3 <= lease_seconds <= 3600:
+            raise SettingsError(f"SYNC_LEASE_SECONDS={lease_seconds} is out of range: use 3 to 3600 (default 60)")
         return cls(
             tables=TableNames(**names),
             dynamodb_endpoint_url=env.get("AWS_ENDPOINT_URL_DYNAMODB") or None,
             aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             document_format=document_format,
+            lease_seconds=lease_seconds,
         )
 
     def with_prefix(self, prefix: str) -> Settings:
@@ -114,7 +132,12 @@ class ShopifySettings:
     api_version: str = "2025-10"
     page_size: int = 250
     min_page_size: int = 25  # 500/504 on a big page: halve the limit down to this
+    # A deadline for a whole request attempt (connect, headers and every read of the body), not per read.
     timeout_seconds: float = 30.0
+    # A 250-order page is 1-4 MB; an answer larger than this fails its page before it is read into memory.
+    max_response_bytes: int = 64 * 1024 * 1024
+    # Retry-After above this (or one that is not a number of seconds or a date) is not slept as given.
+    retry_after_cap_seconds: float = 60.0
     retries: int = 3
     backoff_seconds: float = 1.0
     backoff_cap_seconds: float = 60.0
@@ -142,6 +165,7 @@ class ShopifySettings:
         for name, var, kind in (
             ("page_size", "SHOPIFY_PAGE_SIZE", int),
             ("timeout_seconds", "SHOPIFY_TIMEOUT_SECONDS", float),
+            ("max_response_bytes", "SHOPIFY_MAX_RESPONSE_BYTES", int),
         ):
             if env.get(var):
                 try:
@@ -160,6 +184,8 @@ class ShopifySettings:
             raise SettingsError(f"page size {self.page_size} is out of range: Shopify allows 1 to 250")
         if self.pacing not in ("adaptive", "fixed"):
             raise SettingsError(f"pacing {self.pacing!r} is unknown: use 'adaptive' (default) or 'fixed'")
-        if self.timeout_seconds <= 0:
-            raise SettingsError("the Shopify timeout must be positive")
+        if not 0 < self.timeout_seconds <= 600:
+            raise SettingsError("the Shopify timeout (SHOPIFY_TIMEOUT_SECONDS) must be between 0 and 600 seconds")
+        if self.max_response_bytes < 1024 * 1024:
+            raise SettingsError("SHOPIFY_MAX_RESPONSE_BYTES must be at least 1 MiB (a 250-order page is 1-4 MB)")
         return self

@@ -36,8 +36,9 @@ class DynamoDBResource(ResourceWithBoto3Configuration):
     def settings(self) -> Settings:
         """The engine's settings for these tables at this endpoint. Table names follow the same variables
         as the CLI's (SYNC_CHECKPOINTS_TABLE, SHOPIFY_ORDERS_TABLE, …) with this resource's prefix."""
-        names = Settings.from_env({**os.environ, "SHOPIFY_PIPELINE_TABLE_PREFIX": self.table_prefix}).tables
-        return replace(Settings(tables=names, document_format=self.document_format),
+        base = Settings.from_env({**os.environ, "SHOPIFY_PIPELINE_TABLE_PREFIX": self.table_prefix})
+        return replace(Settings(tables=base.tables, document_format=self.document_format,
+                                lease_seconds=base.lease_seconds),
                        dynamodb_endpoint_url=self.endpoint_url or None,
                        aws_region=self.region_name or _DYNAMO_DEFAULTS.aws_region)
 
@@ -78,13 +79,17 @@ class ShopifyResource(dg.ConfigurableResource):
     allow_local_shops: bool = Field(
         default=False, description="Allow http://127.0.0.1 shops (the simulator); never in production."
     )
+    max_response_bytes: int = Field(
+        default=_SHOPIFY_DEFAULTS.max_response_bytes,
+        description="An answer larger than this fails its page before it is read into memory.",
+    )
 
     def settings(self) -> ShopifySettings:
         """These fields as the engine's ShopifySettings; SettingsError names a bad value."""
         return ShopifySettings(
             api_version=self.api_version, page_size=self.page_size, timeout_seconds=self.timeout_seconds,
             retries=self.retries, backoff_seconds=self.backoff_seconds, pacing=self.pacing,
-            allow_local_shops=self.allow_local_shops,
+            allow_local_shops=self.allow_local_shops, max_response_bytes=self.max_response_bytes,
         ).validated()
 
 
@@ -137,6 +142,6 @@ def resources_from_env(environ: Mapping[str, str] | None = None) -> dict[str, dg
     )
     shopify_resource = ShopifyResource(
         api_version=shopify.api_version, page_size=shopify.page_size, timeout_seconds=shopify.timeout_seconds,
-        pacing=shopify.pacing, allow_local_shops=local,
+        pacing=shopify.pacing, allow_local_shops=local, max_response_bytes=shopify.max_response_bytes,
     )
     return {"sync_engine": SyncEngineResource(dynamodb=dynamodb, shopify=shopify_resource)}

@@ -71,11 +71,14 @@ class BatchWriter:
         self._sleep = sleep
 
     def write_records(
-        self, user_id: str, data_type: str, records: Iterable[dict], first_position: int = 1
+        self, user_id: str, data_type: str, records: Iterable[dict], first_position: int = 1,
+        before_batch: Callable[[], None] | None = None,
     ) -> WriteReport:
         """Upsert `records` (keyed by id, so replays are harmless). Returns counts and failed batches.
 
-        Raises only for errors no batch can survive (a missing table); everything else is reported.
+        `before_batch` runs in the writing thread right before each BatchWriteItem (the sync's lease
+        check: an exception there stops the batch unwritten and is raised here).
+        Raises only for errors no batch can survive (a missing table, a lost lease); the rest is reported.
         """
         report = WriteReport()
         size = self._settings.batch_size
@@ -85,7 +88,7 @@ class BatchWriter:
                 if len(in_flight) >= self._workers * 2:  # bounded: memory stays flat on big loads
                     done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     self._collect(done, report)
-                in_flight.add(pool.submit(self._write_batch, user_id, data_type, first, batch))
+                in_flight.add(pool.submit(self._write_batch, user_id, data_type, first, batch, before_batch))
             self._collect(in_flight, report)
         return report
 
@@ -116,7 +119,8 @@ class BatchWriter:
         report.failed_batches.sort(key=lambda batch: batch.first)
 
     def _write_batch(
-        self, user_id: str, data_type: str, first: int, records: list[dict]
+        self, user_id: str, data_type: str, first: int, records: list[dict],
+        before_batch: Callable[[], None] | None = None,
     ) -> tuple[int, int, int, FailedBatch | None]:
         table = self._settings.tables.records(data_type)
         encoded: dict[int, EncodedRecord] = {}
@@ -130,6 +134,8 @@ class BatchWriter:
         item_requests = [(table, r.item) for r in encoded.values()]
         resubmissions = 0
         attempts = 0
+        if before_batch:
+            before_batch()
         try:
             # Chunks first: a record item never points at chunks that are not there yet.
             for requests in (chunk_requests, item_requests):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from shopify_pipeline.dynamo.client import translate_errors
 from shopify_pipeline.dynamo.codec import deserialize, serialize
@@ -42,6 +42,23 @@ class Connection:
     created_at: str | None = None
     last_sync: dict[str, str] = field(default_factory=dict)  # sync type -> finished at
     high_water: dict[str, str] = field(default_factory=dict)  # data type -> updated_at high-water mark
+
+    def public(self) -> dict:
+        """This connection as fields safe to print or log: a `literal:` token shows as `literal:***`."""
+        return {**asdict(self), "token_ref": public_token_ref(self.token_ref)}
+
+    def __repr__(self) -> str:  # the dataclass repr would print a literal token into logs and tracebacks
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.public().items())
+        return f"Connection({fields})"
+
+
+def public_token_ref(token_ref: str) -> str:
+    """`token_ref` as it may be shown: env: and secretsmanager: references as they are, `literal:***` for
+    a literal token, `***` for anything else (stored before references were checked: maybe a token)."""
+    scheme = token_ref.partition(":")[0]
+    if scheme in ("env", "secretsmanager"):
+        return token_ref
+    return "literal:***" if scheme == "literal" else "***"
 
 
 class ConnectionStore:

@@ -1,7 +1,10 @@
 """Staged pages (`sync_pages`): every fetched page, compressed, so loading can be redone without Shopify.
 
-Key: `syncKey` = "{user}#{syncType}#{dataType}", `page` = slice × 1 000 000 + page number in the slice.
-A page body up to the item limit is stored inline; a larger one goes to the blob store in chunks.
+Key: `syncKey` = "{user}#{syncType}#{dataType}#{generation}", `page` = slice × 1 000 000 + page number in
+the slice. The generation is new for every planned sync and named by its checkpoint, so a sync that lost
+its lease and wakes up late can only write under its own old generation, which no later sync reads.
+A page body up to the item limit is stored inline; a larger one goes to the blob store in chunks, under
+a key new for every write (a late writer's chunks can never mix with the current page's).
 That a page was loaded is a tiny marker item under "{syncKey}#loaded" (an update of the page item itself
 would cost as many write units as the page is large).
 """
@@ -9,6 +12,7 @@ would cost as many write units as the page is large).
 from __future__ import annotations
 
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +24,10 @@ from shopify_pipeline.settings import STAGED_PAGE_TTL_SECONDS, Settings
 PAGES_PER_SLICE = 1_000_000
 
 
-def sync_key(user_id: str, sync_type: str, data_type: str) -> str:
-    return f"{user_id}#{sync_type}#{data_type}"
+def sync_key(user_id: str, sync_type: str, data_type: str, generation: str | None = None) -> str:
+    """The staging key of one sync; checkpoints written before generations existed have none."""
+    base = f"{user_id}#{sync_type}#{data_type}"
+    return f"{base}#{generation}" if generation else base
 
 
 def page_number(slice_index: int, page_in_slice: int) -> int:
@@ -36,6 +42,7 @@ class StagedPage:
     records: int
     loaded: bool
     chunks: int
+    blob_key: str | None = None
 
 
 class PageStore:
@@ -62,15 +69,17 @@ class PageStore:
         if len(packed) <= self._max_inline:
             item["body"] = {"B": packed}
         else:
-            chunks = self._blobs.put(f"page#{key}#{number}", packed, STAGED_PAGE_TTL_SECONDS)
+            blob_key = f"page#{key}#{number}#{uuid.uuid4().hex[:8]}"
+            chunks = self._blobs.put(blob_key, packed, STAGED_PAGE_TTL_SECONDS)
             item["chunks"] = {"N": str(chunks)}
+            item["blobKey"] = {"S": blob_key}
         self._call("put_item", Item=item)
 
     def _query(self, key: str, low: int = 0, high: int = 2**62) -> Iterator[dict]:
         kwargs = {
             "KeyConditionExpression": "syncKey = :k AND page BETWEEN :lo AND :hi",
             "ExpressionAttributeValues": {":k": {"S": key}, ":lo": {"N": str(low)}, ":hi": {"N": str(high)}},
-            "ProjectionExpression": "page, records, chunks", "ConsistentRead": True,
+            "ProjectionExpression": "page, records, chunks, blobKey", "ConsistentRead": True,
         }
         while True:
             result = self._call("query", **kwargs)
@@ -84,14 +93,14 @@ class PageStore:
         loaded = {int(item["page"]["N"]) for item in self._query(f"{key}#loaded")}
         return [
             StagedPage(int(item["page"]["N"]), int(item["records"]["N"]), int(item["page"]["N"]) in loaded,
-                       int(item.get("chunks", {}).get("N", "0")))
+                       int(item.get("chunks", {}).get("N", "0")), item.get("blobKey", {}).get("S"))
             for item in self._query(key)
         ]
 
     def body(self, key: str, page: StagedPage) -> bytes:
         """The exact bytes Shopify sent for `page`."""
         if page.chunks:
-            return zlib.decompress(self._blobs.get(f"page#{key}#{page.number}", page.chunks))
+            return zlib.decompress(self._blobs.get(self._blob_key(key, page), page.chunks))
         item = self._call("get_item", Key=self._key(key, page.number), ConsistentRead=True)["Item"]
         return zlib.decompress(bytes(item["body"]["B"]))
 
@@ -104,10 +113,14 @@ class PageStore:
         pages = [p for p in self.list(key) if first <= p.number <= last]
         for page in pages:
             if page.chunks:
-                self._blobs.delete(f"page#{key}#{page.number}", page.chunks)
+                self._blobs.delete(self._blob_key(key, page), page.chunks)
             self._call("delete_item", Key=self._key(key, page.number))
             self._call("delete_item", Key=self._key(f"{key}#loaded", page.number))
         return len(pages)
+
+    @staticmethod
+    def _blob_key(key: str, page: StagedPage) -> str:
+        return page.blob_key or f"page#{key}#{page.number}"  # pages staged before unique blob keys
 
     @staticmethod
     def _key(key: str, number: int) -> dict:

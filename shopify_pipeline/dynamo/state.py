@@ -7,7 +7,7 @@ One table holds every kind of state item; the sort key says which:
 | `{syncType}_checkpoint_{type}` | a checkpoint: cursors and counters, never records; TTL 7d |
 | `{syncType}_failed_{type}`     | failed batches (as the seed): ranges + where records are  |
 | `status_{type}`                | the durable sync status of one data type                  |
-| `lease_{type}`                 | who is syncing this user's data type, until when          |
+| `lease_{type}`                 | who is syncing this user's data type, until when (lease.py) |
 
 Blobs too big for one item (the records of a failed batch, large staged pages) live in the documents
 table, compressed and chunked (see `BlobStore`).
@@ -15,7 +15,6 @@ table, compressed and chunked (see `BlobStore`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
@@ -33,11 +32,15 @@ from shopify_pipeline.dynamo.codec import (
     join_chunks,
     serialize,
 )
-from shopify_pipeline.errors import PermanentError, TransientError
+from shopify_pipeline.dynamo.lease import Fence, LeaseHeldError, LeaseStore, fenced_write
+from shopify_pipeline.errors import PermanentError
 from shopify_pipeline.settings import CHECKPOINT_TTL_SECONDS, Settings
 
 CHECKPOINT_SCHEMA = 1
-RUNNING = ("fetching", "loading")
+# Statuses of a sync that has not ended; `fetched` is the pause between the fetch and the load step.
+RUNNING = ("fetching", "fetched", "loading")
+
+__all__ = ["Checkpoint", "CheckpointError", "LeaseHeldError", "StaleCheckpointError", "StateStore"]
 
 
 def now_iso() -> str:
@@ -58,10 +61,6 @@ class CheckpointError(PermanentError):
 
 class StaleCheckpointError(CheckpointError):
     """Someone saved a newer version of this checkpoint than the one we hold."""
-
-
-class LeaseHeldError(TransientError):
-    """Another sync of the same user and data type is running (or died less than a lease ago)."""
 
 
 @dataclass
@@ -130,6 +129,11 @@ class StateStore:
         self._settings = settings
         self._table = settings.tables.checkpoints
         self.blobs = BlobStore(client, settings)
+        self.leases = LeaseStore(client, settings)
+
+    def _write(self, fence: Fence | None, operation: str, **kwargs) -> None:
+        """A write of this table, fenced by the caller's lease when it has one (see lease.py)."""
+        fenced_write(self._client, fence, operation, TableName=self._table, **kwargs)
 
     def _call(self, operation: str, **kwargs) -> dict:
         with translate_errors(self._table, self._client.meta.endpoint_url):
@@ -165,10 +169,12 @@ class StateStore:
             raise CheckpointError(f"checkpoint {user_id}/{sort_key} is corrupt (state is not an object). {clear_hint}")
         return Checkpoint(user_id, sync_type, data_type, state, version, item.get("updatedAt", {}).get("S"))
 
-    def save_checkpoint(self, checkpoint: Checkpoint) -> Checkpoint:
-        """Save with a version check; returns the checkpoint at its new version.
+    def save_checkpoint(self, checkpoint: Checkpoint, fence: Fence | None = None) -> Checkpoint:
+        """Save with a version check (and, given a fence, only while its lease holds); returns the
+        checkpoint at its new version.
 
-        Raises StaleCheckpointError when the stored version is not the one `checkpoint` was read at.
+        Raises StaleCheckpointError when the stored version is not the one `checkpoint` was read at,
+        LeaseLostError when the fence's lease is gone.
         """
         sort_key = checkpoint_key(checkpoint.sync_type, checkpoint.data_type)
         state = json.dumps(checkpoint.state, separators=(",", ":"), sort_keys=True)
@@ -190,7 +196,7 @@ class StateStore:
                 "ExpressionAttributeValues": {":v": {"N": str(checkpoint.version)}},
             }
         try:
-            self._call("put_item", Item=item, **condition)
+            self._write(fence, "put_item", Item=item, **condition)
         except ConditionFailedError as error:
             raise StaleCheckpointError(
                     f"checkpoint {checkpoint.user_id}/{sort_key} was saved by another writer since version "
@@ -216,21 +222,22 @@ class StateStore:
         key = self._key(user_id, checkpoint_key(sync_type, data_type))
         return "Item" in self._call("get_item", Key=key, ConsistentRead=True, ProjectionExpression="userId")
 
-    def clear_checkpoint(self, user_id: str, sync_type: str, data_type: str) -> None:
-        self._call("delete_item", Key=self._key(user_id, checkpoint_key(sync_type, data_type)))
+    def clear_checkpoint(self, user_id: str, sync_type: str, data_type: str, fence: Fence | None = None) -> None:
+        self._write(fence, "delete_item", Key=self._key(user_id, checkpoint_key(sync_type, data_type)))
 
     # Status ------------------------------------------------------------------------------------
 
     def set_status(self, user_id: str, data_type: str, status: str, sync_type: str | None = None,
-                   **fields: Any) -> None:
-        """Record the status of one data type's sync (written by the one sync that holds the lease).
+                   fence: Fence | None = None, **fields: Any) -> None:
+        """Record the status of one data type's sync (written by the one sync that holds the lease:
+        with its fence, a sync that lost the lease cannot overwrite the status of the one that has it).
 
         `fields` are free-form (stage, recordCount, page, message, error …); None values are left out.
         """
         record = {"status": status, "dataType": data_type, "sync": sync_type, "updatedAt": now_iso(), **fields}
         item = {**self._key(user_id, f"status_{data_type}")}
         item.update({k: serialize(v) for k, v in record.items() if v is not None})
-        self._call("put_item", Item=item)
+        self._write(fence, "put_item", Item=item)
 
     def get_status(self, user_id: str) -> dict[str, dict]:
         """{data type: status fields} for every data type of `user_id` that has a status.
@@ -270,7 +277,7 @@ class StateStore:
 
     def save_failed_batch(
         self, user_id: str, sync_type: str, data_type: str, first: int, last: int,
-        records: list[dict], error: str, attempts: int,
+        records: list[dict], error: str, attempts: int, fence: Fence | None = None,
     ) -> str:
         """Keep a batch that could not be written: records in the blob store, its entry in the
         `{syncType}_failed_{dataType}` item. Returns the batch id."""
@@ -281,8 +288,8 @@ class StateStore:
             "id": batch_id, "range": f"{first}-{last}", "count": len(records), "error": error[:1000],
             "attempts": attempts, "failedAt": now_iso(), "blobKey": blob_key, "chunks": chunks,
         }
-        self._call(
-            "update_item",
+        self._write(
+            fence, "update_item",
             Key=self._key(user_id, failed_key(sync_type, data_type)),
             UpdateExpression="SET batches = list_append(if_not_exists(batches, :empty), :entry), "
             "dataType = :t, updatedAt = :now",
@@ -303,20 +310,21 @@ class StateStore:
     def failed_batch_records(self, entry: dict) -> list[dict]:
         return decompress(self.blobs.get(entry["blobKey"], int(entry["chunks"])))
 
-    def remove_failed_batch(self, user_id: str, sync_type: str, data_type: str, batch_id: str) -> bool:
+    def remove_failed_batch(self, user_id: str, sync_type: str, data_type: str, batch_id: str,
+                            fence: Fence | None = None) -> bool:
         """Drop one entry (after its records were written) and its blob. False if it was not there."""
         key = self._key(user_id, failed_key(sync_type, data_type))
         for index, entry in enumerate(self.failed_batches(user_id, sync_type, data_type)):
             if entry["id"] != batch_id:
                 continue
             try:
-                self._call(
-                    "update_item", Key=key, UpdateExpression=f"REMOVE batches[{index}]",
+                self._write(
+                    fence, "update_item", Key=key, UpdateExpression=f"REMOVE batches[{index}]",
                     ConditionExpression=f"batches[{index}].id = :id",
                     ExpressionAttributeValues={":id": {"S": batch_id}},
                 )
             except ConditionFailedError:
-                return self.remove_failed_batch(user_id, sync_type, data_type, batch_id)  # the list moved
+                return self.remove_failed_batch(user_id, sync_type, data_type, batch_id, fence)  # the list moved
             self.blobs.delete(entry["blobKey"], int(entry["chunks"]))
             return True
         return False
@@ -348,56 +356,12 @@ class StateStore:
         ]
         return [f for f in found if f["batches"]]  # an item whose batches were all retried lists nothing
 
-    # Leases ------------------------------------------------------------------------------------
-
-    def acquire_lease(self, user_id: str, data_type: str, owner: str, seconds: int | None = None) -> None:
-        """Take (or renew) the lease on (user, data type) for `seconds`.
-
-        Raises LeaseHeldError while another owner holds an unexpired lease.
-        """
-        seconds = seconds or self._settings.lease_seconds
-        now = time.time()
-        try:
-            self._call(
-                "put_item",
-                Item={
-                    **self._key(user_id, f"lease_{data_type}"), "owner": {"S": owner},
-                    "expiresAt": {"N": f"{now + seconds:.3f}"}, "acquiredAt": {"S": now_iso()},
-                    "ttl": {"N": str(int(now + seconds + 86400))},
-                },
-                ConditionExpression="attribute_not_exists(userId) OR #o = :me OR expiresAt < :now",
-                ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":me": {"S": owner}, ":now": {"N": f"{now:.3f}"}},
-            )
-        except ConditionFailedError as error:
-            held = self.lease(user_id, data_type) or {}
-            raise LeaseHeldError(
-                f"a sync of {data_type} for user {user_id} is already running (owner {held.get('owner')}, "
-                f"lease until {_iso(held.get('expiresAt'))}). Wait for it to finish; if its process died, "
-                "the lease expires by itself."
-            ) from error
+    # Leases (see lease.py) ---------------------------------------------------------------------
 
     def lease(self, user_id: str, data_type: str) -> dict | None:
-        item = self._call("get_item", Key=self._key(user_id, f"lease_{data_type}"), ConsistentRead=True).get("Item")
-        return {k: deserialize(v) for k, v in item.items()} if item else None
+        """Who holds the lease on (user, data type) and until when (`expiresAt`, epoch seconds), or None."""
+        return self.leases.get(user_id, data_type)
 
     def break_lease(self, user_id: str, data_type: str) -> bool:
-        """Remove the lease whoever holds it (an operator's command after a sync process died)."""
-        old = self._call("delete_item", Key=self._key(user_id, f"lease_{data_type}"), ReturnValues="ALL_OLD")
-        return "Attributes" in old
-
-    def release_lease(self, user_id: str, data_type: str, owner: str) -> None:
-        """Give the lease back if we still hold it (a no-op when someone else holds it now)."""
-        with contextlib.suppress(ConditionFailedError):
-            self._call(
-                "delete_item", Key=self._key(user_id, f"lease_{data_type}"),
-                ConditionExpression="#o = :me", ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":me": {"S": owner}},
-            )
-
-
-def _iso(epoch: Any) -> str:
-    if epoch is None:
-        return "?"
-    return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
+        """Remove the lease whoever holds it; a holder still alive is fenced off. Returns whether one existed."""
+        return self.leases.break_lease(user_id, data_type)

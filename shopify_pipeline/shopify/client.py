@@ -1,24 +1,28 @@
 """A Shopify Admin REST client: one session per shop, retries, pacing, cursor paging, typed errors.
 
 Retries of connection errors, timeouts, 430 and 5xx are urllib3's `Retry` (1 → 2 → 4 s with jitter,
-capped); 429 is flow control, not an error: the shared pacer waits out `Retry-After` (a decimal). A page
-that still fails with 500/504 is asked for again with half the `limit`. The access token lives in the
-session headers only: it is never part of a URL, a message, or a repr.
+capped); 429 is flow control, not an error: the shared pacer waits out `Retry-After` (a decimal, capped).
+A page that still fails with 500/504 is asked for again with half the `limit`. The access token lives in
+the session headers only: it is never part of a URL, a message, or a repr, and it never leaves the shop:
+redirects are refused, next links must stay on the shop's origin (see session.py for the deadline and
+the size cap).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from ipaddress import ip_address
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shopify_pipeline.exact_json import parse_json
@@ -28,6 +32,8 @@ from shopify_pipeline.shopify.errors import (
     InvalidCursorError,
     InvalidTokenError,
     MissingScopeError,
+    RedirectRefusedError,
+    ResponseTooLargeError,
     ShopFrozenError,
     ShopifyPermanentError,
     ShopifyTransientError,
@@ -36,6 +42,9 @@ from shopify_pipeline.shopify.errors import (
     UnsafeUrlError,
 )
 from shopify_pipeline.shopify.pacer import PACERS, FixedGapPacer, Pacer
+from shopify_pipeline.shopify.session import Answer, DeadlineExceeded, IncompleteBody, ShopSession, TooLarge
+
+log = logging.getLogger(__name__)
 
 RESOURCES = ("orders", "products", "customers", "events")
 EVENT_SUBJECTS = {"orders": "Order", "products": "Product", "customers": "Customer"}
@@ -52,10 +61,7 @@ class ShopifyRetry(Retry):
     RETRY_AFTER_STATUS_CODES = frozenset({503})
 
     def parse_retry_after(self, retry_after: str) -> float:
-        try:
-            return min(max(float(retry_after), 0.0), self.retry_after_max)
-        except ValueError:
-            return super().parse_retry_after(retry_after)
+        return retry_after_seconds(retry_after, default=self.backoff_factor, cap=self.retry_after_max)
 
     def get_backoff_time(self) -> float:
         failures = len(self.history)
@@ -63,6 +69,10 @@ class ShopifyRetry(Retry):
             return 0.0
         delay = min(self.backoff_max, self.backoff_factor * 2 ** (failures - 1))
         return delay + random.uniform(0, self.backoff_jitter)
+
+
+class IncompleteAnswerError(ShopifyTransientError):
+    """The headers came but the body did not, whole and in time (urllib3 retries only the earlier phases)."""
 
 
 def retry_policy(settings: ShopifySettings) -> ShopifyRetry:
@@ -78,7 +88,35 @@ def retry_policy(settings: ShopifySettings) -> ShopifyRetry:
         allowed_methods=frozenset({"GET"}),
         raise_on_status=False,
         respect_retry_after_header=True,
+        retry_after_max=settings.retry_after_cap_seconds,
     )
+
+
+def retry_after_seconds(value: str | None, default: float = 2.0, cap: float = 60.0) -> float:
+    """How long to wait for a `Retry-After` header: seconds ("2.0") or an HTTP date, at most `cap`.
+
+    A value that is no usable number or date (`inf`, `nan`, negative, garbage) means `default`, logged
+    with the reason: a broken header must never become a sleep of hours or an OverflowError."""
+    if value is None or not value.strip():
+        return default
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            log.warning("ignoring Retry-After %r: neither seconds nor an HTTP date; waiting %.1f s", text[:40], default)
+            return default
+        if moment.tzinfo is None:
+            return default
+        seconds = moment.timestamp() - time.time()
+    if not math.isfinite(seconds) or seconds < 0:
+        log.warning("ignoring Retry-After %r: not a finite, non-negative wait; waiting %.1f s", text[:40], default)
+        return default
+    if seconds > cap:
+        log.warning("Retry-After %r is longer than the %.0f s cap: waiting %.0f s", text[:40], cap, cap)
+    return min(seconds, cap)
 
 
 def shop_base_url(shop: str, allow_local: bool = False) -> str:
@@ -163,12 +201,9 @@ class ShopifyClient:
                                               self.settings.bucket_margin)
         self.stats = ClientStats()
         self._sleep = sleep
-        self._session = requests.Session()
-        self._session.headers.update({"X-Shopify-Access-Token": token, "Accept": "application/json",
-                                      "User-Agent": "shopify_pipeline/0.1"})
-        adapter = HTTPAdapter(max_retries=retry_policy(self.settings), pool_maxsize=16)
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
+        self._session = ShopSession(
+            {"X-Shopify-Access-Token": token, "Accept": "application/json", "User-Agent": "shopify_pipeline/0.1"},
+            retry_policy(self.settings), self.settings.timeout_seconds, self.settings.max_response_bytes)
 
     def __repr__(self) -> str:
         return f"ShopifyClient({self.base_url!r})"
@@ -204,24 +239,40 @@ class ShopifyClient:
 
     # Requests ------------------------------------------------------------------------------------
 
-    def get(self, url: str) -> requests.Response:
-        """GET `url` of this shop: paced, retried, 429s waited out. Returns a 2xx response or raises."""
+    def get(self, url: str) -> Answer:
+        """GET `url` of this shop: paced, retried, 429s waited out. Returns a 2xx answer or raises."""
         self._check_same_shop(url)
         for _ in range(self.settings.max_throttle_waits + 1):
             self.stats.add(pace_wait_seconds=self.pacer.acquire())
             try:
-                response = self._session.get(url, timeout=self.settings.timeout_seconds)
+                response = self._session.get(url)
+            except DeadlineExceeded as error:
+                self.stats.add(requests=1)
+                kind = IncompleteAnswerError if error.in_body else ShopifyTransientError
+                raise kind(
+                    f"{self._where(url)} did not answer completely within the {self.settings.timeout_seconds:g} s "
+                    "request deadline (a slow or trickling server)") from None
+            except IncompleteBody as error:
+                self.stats.add(requests=1)
+                raise IncompleteAnswerError(f"{error} while reading the answer of {self._where(url)}") from None
+            except TooLarge as error:
+                self.stats.add(requests=1)
+                raise ResponseTooLargeError(
+                    f"the answer for {self._where(url)} is larger than the {self.settings.max_response_bytes:,} byte "
+                    f"cap ({'declared ' if error.declared else 'more than '}{error.size:,} bytes); it was not read "
+                    "into memory. A 250-record page is 1-4 MB: check the shop, or raise SHOPIFY_MAX_RESPONSE_BYTES."
+                ) from None
             except requests.RequestException as error:
                 self.stats.add(requests=1)
                 raise ShopifyTransientError(
                     f"{type(error).__name__} talking to {self._where(url)} after {self.settings.retries} retries"
                 ) from None  # the chained exception would carry the request and its headers
-            history = getattr(getattr(response.raw, "retries", None), "history", ()) or ()
-            self.stats.add(requests=1 + len(history), retries=len(history))
+            self.stats.add(requests=1 + response.retries, retries=response.retries)
             self.pacer.observe(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
             if response.status_code != 429:
                 return self._checked(response, url)
-            wait = _retry_after(response.headers.get("Retry-After"))
+            wait = retry_after_seconds(response.headers.get("Retry-After"), default=2.0,
+                                       cap=self.settings.retry_after_cap_seconds)
             self.pacer.throttled(wait)
             self.stats.add(throttled=1, throttle_wait_seconds=wait)
             self._sleep(wait)
@@ -233,12 +284,19 @@ class ShopifyClient:
         parts = urlsplit(url)
         return f"{parts.netloc}{parts.path}"
 
-    def _checked(self, response: requests.Response, url: str) -> requests.Response:
+    def _checked(self, response: Answer, url: str) -> Answer:
         status = response.status_code
         if status < 300:
             return response
         body = response.text[:300]
         where = self._where(url)
+        if status < 400:
+            location = urlsplit(response.headers.get("Location", ""))
+            target = f"{location.scheme}://{location.netloc}" if location.netloc else "a path of the same host"
+            raise RedirectRefusedError(
+                f"{where} answered {status}, a redirect to {target}. Shopify's Admin API does not redirect, and "
+                "following one would send the access token elsewhere, so it is refused. Check the shop domain "
+                f"({self.base_url}): a shop's permanent address is its {{shop}}.myshopify.com domain.", status)
         if status == 400:
             if "page_info" in body and "Invalid value" in body:
                 raise InvalidCursorError(
@@ -269,16 +327,21 @@ class ShopifyClient:
             raise ShopifyTransientError(f"Shopify answered {status} for {where} after retries", status)
         raise ShopifyPermanentError(f"Shopify answered {status} for {where}: {body}", status)
 
-    def get_json(self, url: str) -> tuple[dict, requests.Response]:
-        """GET and parse JSON (exact ints, Decimal fractions); malformed bodies are retried."""
+    def get_json(self, url: str) -> tuple[dict, Answer]:
+        """GET and parse JSON (exact ints, Decimal fractions); malformed or incomplete bodies are retried."""
         for attempt in range(self.settings.retries + 1):
             if attempt:
                 self.stats.add(retries=1)
                 self._sleep(self._backoff(attempt))
-            response = self.get(url)
+            try:
+                response = self.get(url)
+            except IncompleteAnswerError:
+                if attempt == self.settings.retries:
+                    raise
+                continue
             try:
                 document = parse_json(response.content)
-            except (ValueError, requests.RequestException):
+            except ValueError:
                 if attempt == self.settings.retries:
                     raise ShopifyTransientError(
                         f"Shopify sent a malformed JSON body for {self._where(url)} "
@@ -342,13 +405,6 @@ class ShopifyClient:
         """The scopes granted to our token (`/admin/oauth/access_scopes.json`)."""
         document, _ = self.get_json(f"{self.base_url}/admin/oauth/access_scopes.json")
         return {scope["handle"] for scope in document.get("access_scopes", [])}
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        return max(0.0, float(value)) if value else 2.0
-    except ValueError:
-        return 2.0
 
 
 def _scope_in(body: str) -> str | None:

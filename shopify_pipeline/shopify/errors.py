@@ -63,3 +63,13 @@ class UnsafeUrlError(ShopifyPermanentError):
     """A shop domain or next link that we refuse to call (not *.myshopify.com, another host)."""
 
     reason = "unsafe_url"
+
+
+class RedirectRefusedError(ShopifyPermanentError):
+    """The shop answered with a redirect; following it would send the token to another address."""
+
+    reason = "redirect"
+
+
+class ResponseTooLargeError(ShopifyTransientError):
+    """An answer larger than the response size cap; it was not read into memory."""

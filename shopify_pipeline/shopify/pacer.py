@@ -3,13 +3,21 @@
 Shopify tells us the bucket on every answer (`X-Shopify-Shop-Api-Call-Limit: 32/40`). We model the
 bucket locally (level leaks at `leak_per_second`), reserve a slot before each request and wait when
 the bucket would overflow, so a sync runs near the plan's ceiling and rarely sees a 429.
+
+Readings are not trusted blindly: a header that makes no sense (`1000000000/40`, `inf/40`, `41/40`) is
+clamped or ignored, the margin never eats the whole of a tiny bucket, and no single pause is longer than
+the time the bucket takes to drain, so a broken header can slow a sync but never stall it.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
+
+MAX_BUCKET = 100_000  # far above any plan (Plus: 400): a larger "size" is a broken header, not a bucket
+MIN_LEAK_PER_SECOND = 0.05
 
 
 class Pacer:
@@ -23,7 +31,7 @@ class Pacer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.leak_per_second = leak_per_second
+        self.leak_per_second = max(MIN_LEAK_PER_SECOND, leak_per_second)
         self.size = size
         self.margin = margin
         self._clock = clock
@@ -41,6 +49,10 @@ class Pacer:
         self._level = max(0.0, self._level - (now - self._at) * self.leak_per_second)
         self._at = now
 
+    def _usable(self) -> float:
+        """Requests the bucket may hold: the margin keeps a few free, but never the whole of a tiny bucket."""
+        return self.size - min(self.margin, max(0, self.size - 1))
+
     def acquire(self) -> float:
         """Reserve one request, sleeping until the bucket has room. Returns the seconds waited."""
         waited = 0.0
@@ -48,12 +60,13 @@ class Pacer:
             with self._lock:
                 now = self._clock()
                 self._leak(now)
-                room = self.size - self.margin - self._level
-                if room >= 1:
+                room = self._usable() - self._level
+                if room >= 1 - 1e-9:  # float leak arithmetic must not leave us a hair short forever
                     self._level += 1
                     self.waited_seconds += waited
                     return waited
-                pause = (1 - room) / self.leak_per_second
+                # Never longer than a full bucket takes to drain, whatever the model says.
+                pause = max(0.001, min((1 - room) / self.leak_per_second, self.size / self.leak_per_second))
             self._sleep(pause)
             waited += pause
 
@@ -65,6 +78,9 @@ class Pacer:
             used, size = (float(part) for part in header.split("/", 1))
         except ValueError:
             return
+        if not (math.isfinite(used) and math.isfinite(size)) or not 1 <= size <= MAX_BUCKET or used < 0:
+            return  # not a bucket: ignore the reading rather than wait for it
+        used = min(used, size)  # "41/40": over the top means full, not a debt to sit out
         with self._lock:
             now = self._clock()
             self._leak(now)
@@ -89,11 +105,14 @@ class Pacer:
         if elapsed < 2.0:
             return
         estimate = (before + self._answers_since - used) / elapsed
-        if estimate > 0:
+        if estimate > 0 and math.isfinite(estimate):
             if used > 1:  # a reading from a non-empty bucket: the estimate is exact up to noise
-                self.leak_per_second = 0.5 * self.leak_per_second + 0.5 * min(estimate, self.size)
+                learned = 0.5 * self.leak_per_second + 0.5 * min(estimate, self.size)
             else:  # the bucket may have run dry in between: the estimate is only a lower bound
-                self.leak_per_second = max(self.leak_per_second, min(estimate, self.size))
+                learned = max(self.leak_per_second, min(estimate, self.size))
+            # Every plan leaks at least a twentieth of its bucket a second: a header that always says
+            # "full" must not talk the rate down towards zero (each wait would make the next estimate lower).
+            self.leak_per_second = max(learned, self.size / 20, MIN_LEAK_PER_SECOND)
         self._reference = (now, used)
         self._answers_since = 0
 
@@ -101,7 +120,7 @@ class Pacer:
         """Shopify answered 429: the bucket is full (the client sleeps `retry_after` itself)."""
         with self._lock:
             self._leak(self._clock())
-            self._level = max(self._level, float(self.size - self.margin))
+            self._level = max(self._level, float(self._usable()))
 
 
 class FixedGapPacer:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -25,14 +23,16 @@ from shopify_pipeline.dynamo.batch_writer import BatchWriter
 from shopify_pipeline.dynamo.client import dynamodb_client, translate_errors
 from shopify_pipeline.dynamo.codec import to_utc
 from shopify_pipeline.dynamo.connections import Connection, ConnectionStore
+from shopify_pipeline.dynamo.lease import HeldLease, LeaseLostError, new_owner
 from shopify_pipeline.dynamo.pages import PAGES_PER_SLICE, PageStore, page_number, sync_key
 from shopify_pipeline.dynamo.state import Checkpoint, StateStore
 from shopify_pipeline.errors import PermanentError, TransientError
 from shopify_pipeline.exact_json import parse_json
 from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, Settings, SettingsError, ShopifySettings
 from shopify_pipeline.shopify.client import ShopifyClient
-from shopify_pipeline.shopify.errors import InvalidCursorError
+from shopify_pipeline.shopify.errors import InvalidCursorError, ShopifyTransientError
 from shopify_pipeline.shopify.pacer import FixedGapPacer
+from shopify_pipeline.sync.records import BadRecordError, bad_records_message, note_bad_records, record_problems
 from shopify_pipeline.sync.tokens import resolve_token
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class FetchResult:
     pages_this_run: int = 0
     records_this_run: int = 0
     failed_pages: list[dict] = field(default_factory=list)
+    bad_records: list[dict] = field(default_factory=list)
     requests: int = 0
     retries: int = 0
     throttled: int = 0
@@ -108,8 +109,7 @@ class SyncEngine:
         self.pages = PageStore(self.dynamodb, settings)
         self.connections = ConnectionStore(self.dynamodb, settings)
         self.writer = BatchWriter(self.dynamodb, settings)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._lease_renewed = 0.0
+        self.owner = new_owner()
 
     def shopify_client(self, connection: Connection, sync_type: str | None = None) -> ShopifyClient:
         """A client for the user's shop; with `SHOPIFY_PACING=fixed`, paced by the seed's fixed gaps."""
@@ -126,38 +126,39 @@ class SyncEngine:
         """Fetch and stage every page still to fetch, saving the checkpoint after each page.
 
         Returns counts and the pages that failed after their retries (their slices keep their cursors).
-        Raises a PermanentError (bad token, frozen shop …) after recording a failed status.
+        Raises a PermanentError (bad token, frozen shop …) after recording a failed status, and
+        LeaseLostError, having written nothing more, when another sync took over.
         """
         _check(sync_type, data_type)
         started = time.monotonic()
         connection = self.connections.get(user_id)
-        with self._lease(user_id, data_type):
+        with self._lease(user_id, data_type) as lease:
             client = None
             try:
                 client = self.shopify_client(connection, sync_type)
-                return self._fetch(client, connection, sync_type, data_type, progress or _quiet, started)
+                return self._fetch(client, connection, sync_type, data_type, progress or _quiet, started, lease)
             except (PermanentError, TransientError) as error:
-                self._fail(user_id, sync_type, data_type, "fetch", error)
+                self._fail(user_id, sync_type, data_type, "fetch", error, lease)
                 raise
             finally:
                 if client is not None:
                     client.close()
 
     def _fetch(self, client: ShopifyClient, connection: Connection, sync_type: str, data_type: str,
-               progress: Progress, started: float) -> FetchResult:
+               progress: Progress, started: float, lease: HeldLease) -> FetchResult:
         user_id = connection.user_id
+        fence = lease.fence
         result = FetchResult()
-        key = sync_key(user_id, sync_type, data_type)
         checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
         if checkpoint is None:
-            self.pages.drop(key)  # pages left by a sync whose checkpoint was cleared must not be loaded
-            self.state.set_status(user_id, data_type, "fetching", sync_type, stage="plan",
+            self.state.set_status(user_id, data_type, "fetching", sync_type, fence=fence, stage="plan",
                                   message=f"Planning the {sync_type} sync of {data_type}...")
             checkpoint = self.state.save_checkpoint(Checkpoint(
-                user_id, sync_type, data_type, self._plan(client, connection, sync_type, data_type)))
+                user_id, sync_type, data_type, self._plan(client, connection, sync_type, data_type)), fence)
         else:
             result.resumed = True
         state = checkpoint.state
+        key = sync_key(user_id, sync_type, data_type, state.get("generation"))
         result.only_recent_orders = bool(state.get("only_recent_orders"))
         for piece in state["slices"]:  # failed pages are fetched again, from their slice's cursor
             piece["failed"] = None
@@ -167,7 +168,7 @@ class SyncEngine:
         stop = threading.Event()
         noun = data_type
 
-        def save(piece: dict, page_records: int, next_url: str | None) -> None:
+        def save(piece: dict, page_records: int, next_url: str | None, problems: list[dict]) -> None:
             with lock:
                 piece["next"] = _path(next_url)
                 piece["done"] = next_url is None
@@ -175,44 +176,62 @@ class SyncEngine:
                 piece["records"] += page_records
                 state["pages"] += 1
                 state["records"] += page_records
+                if problems:
+                    note_bad_records(state, problems)
                 result.pages_this_run += 1
                 result.records_this_run += page_records
                 holder["checkpoint"] = self.state.save_checkpoint(
-                    Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version))
+                    Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version), fence)
                 message = f"Fetching page {state['pages']}... ({state['records']} {noun} so far)"
                 if client.stats.throttled or client.stats.pace_wait_seconds >= 1:
                     message += (f" [rate limit: {client.stats.throttled} 429s waited out, "
                                 f"{client.stats.pace_wait_seconds:.0f}s paced]")
-                self.state.set_status(user_id, data_type, "fetching", sync_type, stage="fetch",
+                self.state.set_status(user_id, data_type, "fetching", sync_type, fence=fence, stage="fetch",
                                       page=state["pages"], recordCount=state["records"], message=message)
-                self._renew_lease(user_id, data_type)
             progress(message)
 
         def run_slice(piece: dict) -> None:
+            seen: set[str] = set()  # the pages this slice fetched in this run: a next link back to one is a loop
             while not piece["done"] and not stop.is_set():
                 url = _absolute(client.base_url, piece["next"]) if piece["next"] else _slice_url(
                     client, data_type, state, piece)
+                seen.add(_path(url))
                 try:
                     page = client.fetch_page(data_type, url)
                 except InvalidCursorError:
                     log.warning("slice %s: Shopify refused its cursor; restarting the slice", piece["i"])
                     # Its pages are fetched anew; older ones must not be loaded after them.
+                    lease.check()
                     self.pages.drop(key, page_number(piece["i"], 0), page_number(piece["i"] + 1, 0) - 1)
                     with lock:
                         state["pages"] -= piece["pages"]
                         state["records"] -= piece["records"]
                         piece.update(next=None, pages=0, records=0)
+                    seen.clear()
                     continue
                 except TransientError as error:
+                    if isinstance(error, LeaseLostError):
+                        stop.set()
+                        raise
                     with lock:
                         piece["failed"] = {"page": piece["pages"] + 1, "error": str(error)[:300]}
                     return
                 except PermanentError:
                     stop.set()
                     raise
-                self.pages.put(key, page_number(piece["i"], piece["pages"] + 1), page.body, len(page.records),
-                               page.url)
-                save(piece, len(page.records), page.next_url)
+                if page.next_url and _path(page.next_url) in seen:
+                    with lock:
+                        piece["failed"] = {"page": piece["pages"] + 1, "error": (
+                            f"Shopify's next link after page {piece['pages'] + 1} of slice {piece['i']} points back "
+                            "to a page this slice already fetched (a cursor loop); the slice stopped there instead "
+                            "of staging the same pages forever. Run the sync again; if it repeats, clear the "
+                            "checkpoint and report the shop to Shopify support.")}
+                    return
+                number = page_number(piece["i"], piece["pages"] + 1)
+                problems = record_problems(data_type, page.records, page=number)
+                lease.check()  # a staged page is not fenced by a transaction: confirm the lease right before
+                self.pages.put(key, number, page.body, len(page.records), page.url)
+                save(piece, len(page.records), page.next_url, problems)
 
         with ThreadPoolExecutor(max(1, min(len(work), self.options.slices)), thread_name_prefix="fetch") as pool:
             futures = [pool.submit(run_slice, piece) for piece in work]
@@ -221,50 +240,68 @@ class SyncEngine:
         result.requests, result.retries = stats.requests, stats.retries
         result.throttled, result.throttle_wait_seconds = stats.throttled, stats.throttle_wait_seconds
         if errors:
-            raise errors[0]
+            raise next((e for e in errors if isinstance(e, LeaseLostError)), errors[0])
         deletes = state.get("deletes")
         if deletes and not deletes["done"] and not any(p["failed"] for p in state["slices"]):
-            holder["checkpoint"] = self._fetch_deletions(client, key, data_type, state, holder["checkpoint"])
+            holder["checkpoint"] = self._fetch_deletions(client, key, data_type, state, holder["checkpoint"], lease)
         result.failed_pages = [{"slice": p["i"], **p["failed"]} for p in state["slices"] if p["failed"]]
         state["fetch_done"] = (not result.failed_pages and all(p["done"] for p in state["slices"])
                                and state.get("deletes", {}).get("done", True))
-        self.state.save_checkpoint(Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version))
+        self.state.save_checkpoint(
+            Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version), fence)
         result.pages, result.records = state["pages"], state["records"]
+        result.bad_records = list(state.get("bad_records", []))
         result.seconds = time.monotonic() - started
+        counts = {"page": state["pages"], "recordCount": state["records"]}
         if result.failed_pages:
             self.state.set_status(
-                user_id, data_type, "failed", sync_type, stage="fetch", page=state["pages"],
-                recordCount=state["records"], failedPages=len(result.failed_pages),
+                user_id, data_type, "failed", sync_type, fence=fence, stage="fetch", **counts,
+                failedPages=len(result.failed_pages),
                 message=f"{len(result.failed_pages)} page(s) of {data_type} failed after retries; "
                 "run the sync again to fetch only those.",
-                error={"failedPages": result.failed_pages},
+                error={"failedPages": result.failed_pages, "permanent": False},
+            )
+        elif result.bad_records:
+            self.state.set_status(
+                user_id, data_type, "failed", sync_type, fence=fence, stage="fetch", **counts,
+                message=bad_records_message(data_type, state), badRecords=state.get("bad_record_count"),
+                error={"type": BadRecordError.__name__, "reason": BadRecordError.reason, "permanent": True,
+                       "badRecords": result.bad_records},
             )
         else:
-            self.state.set_status(user_id, data_type, "fetched", sync_type, stage="fetch", page=state["pages"],
-                                  recordCount=state["records"],
+            self.state.set_status(user_id, data_type, "fetched", sync_type, fence=fence, stage="fetch", **counts,
                                   message=f"Fetched {state['pages']} pages ({state['records']} {noun}).")
         return result
 
     def _fetch_deletions(self, client: ShopifyClient, key: str, data_type: str, state: dict,
-                         checkpoint: Checkpoint) -> Checkpoint:
+                         checkpoint: Checkpoint, lease: HeldLease) -> Checkpoint:
         """Stage the `destroy` events since the high-water mark, as pages of their own slice."""
         deletes = state["deletes"]
+        seen: set[str] = set()
         while not deletes["done"]:
             url = _absolute(client.base_url, deletes["next"]) if deletes["next"] else client.deletion_events_url(
                 data_type, deletes["since"])
+            seen.add(_path(url))
             page = client.fetch_page("events", url)
+            if page.next_url and _path(page.next_url) in seen:
+                raise ShopifyTransientError(
+                    f"Shopify's next link of the {data_type} deletion events points back to a page already "
+                    "fetched (a cursor loop); run the sync again.")
+            lease.check()
             self.pages.put(key, page_number(DELETIONS_SLICE, deletes["pages"] + 1), page.body, len(page.records),
                            page.url)
             deletes.update(next=_path(page.next_url), done=page.next_url is None, pages=deletes["pages"] + 1)
             checkpoint = self.state.save_checkpoint(
-                Checkpoint(checkpoint.user_id, checkpoint.sync_type, checkpoint.data_type, state, checkpoint.version))
+                Checkpoint(checkpoint.user_id, checkpoint.sync_type, checkpoint.data_type, state, checkpoint.version),
+                lease.fence)
         return checkpoint
 
     def _plan(self, client: ShopifyClient, connection: Connection, sync_type: str, data_type: str) -> dict:
         """The work of a new sync: a daily sync reads what changed since the high-water mark; a full
-        sync splits the created_at range into slices."""
+        sync splits the created_at range into slices. Its generation names its staged pages."""
         started_at = _iso(datetime.now(timezone.utc))
-        state = {"started_at": started_at, "pages": 0, "records": 0, "fetch_done": False}
+        state = {"started_at": started_at, "generation": uuid.uuid4().hex[:12], "pages": 0, "records": 0,
+                 "fetch_done": False}
         if data_type == "orders" and sync_type != "daily":  # daily runs stay at one request when little changed
             state["only_recent_orders"] = "read_all_orders" not in client.granted_scopes()
             if state["only_recent_orders"]:
@@ -308,30 +345,34 @@ class SyncEngine:
 
         Failed batches of earlier runs of this sync are retried first. When the fetch is complete and
         nothing failed, the sync finishes: high-water mark, last-sync time, checkpoint and pages cleared.
+        Raises BadRecordError (permanent) after writing the valid records when Shopify sent records that
+        cannot be stored, and LeaseLostError, having written nothing more, when another sync took over.
         """
         _check(sync_type, data_type)
         started = time.monotonic()
         progress = progress or _quiet
         result = LoadResult()
-        with self._lease(user_id, data_type):
+        with self._lease(user_id, data_type) as lease:
             try:
-                self._load(user_id, sync_type, data_type, progress, result)
+                self._load(user_id, sync_type, data_type, progress, result, lease)
             except (PermanentError, TransientError) as error:
-                self._fail(user_id, sync_type, data_type, "load", error)
+                self._fail(user_id, sync_type, data_type, "load", error, lease)
                 raise
         result.seconds = time.monotonic() - started
         return result
 
-    def _load(self, user_id: str, sync_type: str, data_type: str, progress: Progress, result: LoadResult) -> None:
+    def _load(self, user_id: str, sync_type: str, data_type: str, progress: Progress, result: LoadResult,
+              lease: HeldLease) -> None:
+        fence = lease.fence
         checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
         if checkpoint is None:
             result.finished = True
             progress(f"Nothing to load for {user_id} {sync_type} {data_type}: no sync in progress.")
             return
-        earlier = self._retry_failed_batches(user_id, sync_type, data_type)
+        earlier = self._retry_failed_batches(user_id, sync_type, data_type, lease)
         result.retried_batches = earlier.retried
-        key = sync_key(user_id, sync_type, data_type)
         state = checkpoint.state
+        key = sync_key(user_id, sync_type, data_type, state.get("generation"))
         position = 0
         pages = list(self.pages.list(key))
         for index, page in enumerate(pages, start=1):
@@ -340,48 +381,55 @@ class SyncEngine:
             position += 0 if deletions else page.records
             if page.loaded:
                 continue
+            lease.check()
             if deletions:
                 events = parse_json(self.pages.body(key, page))["events"]
-                result.deleted += self.writer.delete_records(
-                    user_id, data_type, [e["subject_id"] for e in events if e.get("verb") == "destroy"])
+                deleted = [e.get("subject_id") for e in events if e.get("verb") == "destroy"]
+                result.deleted += self.writer.delete_records(user_id, data_type, [i for i in deleted if _is_id(i)])
                 self.pages.mark_loaded(key, page.number)
                 continue
             records = parse_json(self.pages.body(key, page))[data_type]
-            report = self.writer.write_records(user_id, data_type, records, first_position=first)
+            bad = {problem["index"] for problem in record_problems(data_type, records, page=page.number)}
+            valid = [record for i, record in enumerate(records) if i not in bad] if bad else records
+            report = self.writer.write_records(user_id, data_type, valid, first_position=first,
+                                               before_batch=lease.check)
             for batch in report.failed_batches:
                 self.state.save_failed_batch(user_id, sync_type, data_type, batch.first, batch.last,
-                                             batch.records, batch.error, batch.attempts)
+                                             batch.records, batch.error, batch.attempts, fence)
                 result.failed_batches.append({"range": batch.range, "count": len(batch.records),
                                               "error": batch.error})
             self.pages.mark_loaded(key, page.number)
             result.pages += 1
             result.records_written += report.written
             if len(result.preview) < 5:
-                result.preview.extend(records[: 5 - len(result.preview)])
+                result.preview.extend(valid[: 5 - len(result.preview)])
             message = f"Loading page {index} of {len(pages)}... ({position} {data_type} written)"
-            self.state.set_status(user_id, data_type, "loading", sync_type, stage="load", page=index,
+            self.state.set_status(user_id, data_type, "loading", sync_type, fence=fence, stage="load", page=index,
                                   recordCount=position, message=message)
-            self._renew_lease(user_id, data_type)
             progress(message)
         still_failed = self.state.failed_batches(user_id, sync_type, data_type)
+        if state.get("bad_records"):
+            raise BadRecordError(bad_records_message(data_type, state))
         result.finished = state.get("fetch_done", False) and not still_failed
         if result.finished:
-            self._finish(user_id, sync_type, data_type, state, key)
+            self._finish(user_id, sync_type, data_type, state, key, fence)
         else:
-            failed_pages = [p for p in state["slices"] if p.get("failed")]
+            failed_pages = [{"slice": p["i"], **p["failed"]} for p in state["slices"] if p.get("failed")]
             self.state.set_status(
-                user_id, data_type, "failed", sync_type, stage="load", recordCount=position,
+                user_id, data_type, "failed", sync_type, fence=fence, stage="load", recordCount=position,
                 failedPages=len(failed_pages), failedBatches=len(still_failed),
                 failedBatchRanges=[b["range"] for b in still_failed],
                 message=_failure_message(data_type, failed_pages, still_failed, sync_type, user_id),
+                error={"failedPages": failed_pages, "permanent": False},
             )
 
-    def _finish(self, user_id: str, sync_type: str, data_type: str, state: dict, key: str) -> None:
+    def _finish(self, user_id: str, sync_type: str, data_type: str, state: dict, key: str, fence) -> None:
+        # The checkpoint goes first and fenced: a sync that lost its lease stops here, before the high-water mark.
+        self.state.clear_checkpoint(user_id, sync_type, data_type, fence)
         self.connections.record_finished(user_id, sync_type, data_type, state["started_at"])
-        self.state.clear_checkpoint(user_id, sync_type, data_type)
         self.pages.drop(key)
-        self.state.set_status(user_id, data_type, "completed", sync_type, stage="done", page=state["pages"],
-                              recordCount=state["records"],
+        self.state.set_status(user_id, data_type, "completed", sync_type, fence=fence, stage="done",
+                              page=state["pages"], recordCount=state["records"],
                               message=f"Sync complete: {state['records']} {data_type} in {state['pages']} pages.")
 
     # Recovery ------------------------------------------------------------------------------------
@@ -392,20 +440,22 @@ class SyncEngine:
         Returns success (nothing left), how many batches were retried, and how many still fail.
         """
         _check(sync_type, data_type)
-        with self._lease(user_id, data_type):
-            return self._retry_failed_batches(user_id, sync_type, data_type)
+        with self._lease(user_id, data_type) as lease:
+            return self._retry_failed_batches(user_id, sync_type, data_type, lease)
 
-    def _retry_failed_batches(self, user_id: str, sync_type: str, data_type: str) -> RetryResult:
+    def _retry_failed_batches(self, user_id: str, sync_type: str, data_type: str, lease: HeldLease) -> RetryResult:
         entries = self.state.failed_batches(user_id, sync_type, data_type)
         still_failed = 0
         for entry in entries:
+            lease.check()
             records = self._not_older_than_stored(user_id, data_type, self.state.failed_batch_records(entry))
             first = int(entry["range"].split("-")[0])
-            report = self.writer.write_records(user_id, data_type, records, first_position=first)
+            report = self.writer.write_records(user_id, data_type, records, first_position=first,
+                                               before_batch=lease.check)
             if report.failed_batches:
                 still_failed += 1
                 continue
-            self.state.remove_failed_batch(user_id, sync_type, data_type, entry["id"])
+            self.state.remove_failed_batch(user_id, sync_type, data_type, entry["id"], lease.fence)
         return RetryResult(still_failed == 0, len(entries), still_failed)
 
     def _not_older_than_stored(self, user_id: str, data_type: str, records: list[dict]) -> list[dict]:
@@ -427,29 +477,28 @@ class SyncEngine:
                 request = answer.get("UnprocessedKeys") or None
         return [r for r in records if (to_utc(r.get("updated_at")) or "") >= stored.get(r["id"], "")]
 
-    def _fail(self, user_id: str, sync_type: str, data_type: str, stage: str, error: Exception) -> None:
+    def _fail(self, user_id: str, sync_type: str, data_type: str, stage: str, error: Exception,
+              lease: HeldLease) -> None:
+        if isinstance(error, LeaseLostError):
+            return  # the status belongs to the sync that holds the lease now
         reason = getattr(error, "reason", type(error).__name__)
-        self.state.set_status(user_id, data_type, "failed", sync_type, stage=stage, message=str(error),
-                              error={"type": type(error).__name__, "reason": reason,
-                                     "permanent": isinstance(error, PermanentError)})
+        with contextlib.suppress(LeaseLostError):
+            self.state.set_status(user_id, data_type, "failed", sync_type, fence=lease.fence, stage=stage,
+                                  message=str(error),
+                                  error={"type": type(error).__name__, "reason": reason,
+                                         "permanent": isinstance(error, PermanentError)})
 
     # Lease ---------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _lease(self, user_id: str, data_type: str) -> Iterator[None]:
-        """Hold the (user, data type) lease for the block: no other sync of it can run meanwhile."""
-        self.state.acquire_lease(user_id, data_type, self.owner)
-        self._lease_renewed = time.monotonic()
-        try:
-            yield
-        finally:
-            self.state.release_lease(user_id, data_type, self.owner)
+    def _lease(self, user_id: str, data_type: str) -> HeldLease:
+        """The (user, data type) lease for a `with` block, renewed by a heartbeat: no other sync of it can
+        run meanwhile, and if this one loses it anyway, its writes are refused (see dynamo/lease.py)."""
+        seconds = self.settings.lease_seconds
+        return HeldLease(self.state.leases, user_id, data_type, self.owner, seconds, seconds / 3)
 
-    def _renew_lease(self, user_id: str, data_type: str) -> None:
-        """Extend the lease when a third of it has passed (a write per page would be wasteful)."""
-        if time.monotonic() - self._lease_renewed > self.settings.lease_seconds / 3:
-            self.state.acquire_lease(user_id, data_type, self.owner)
-            self._lease_renewed = time.monotonic()
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _slice(index: int, low: str | None, high: str | None) -> dict:

@@ -8,21 +8,29 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from shopify_pipeline.dynamo.connections import Connection, check_user_id
 from shopify_pipeline.dynamo.pages import sync_key
-from shopify_pipeline.dynamo.state import RUNNING
-from shopify_pipeline.errors import PermanentError, TransientError
+from shopify_pipeline.dynamo.state import CheckpointError
+from shopify_pipeline.errors import PermanentError, PipelineError, TransientError
 from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, Settings, ShopifySettings
-from shopify_pipeline.sync.engine import Progress, RetryResult, SyncEngine, SyncOptions
+from shopify_pipeline.sync.engine import FetchResult, Progress, RetryResult, SyncEngine, SyncOptions
+from shopify_pipeline.sync.tokens import check_token_ref
 
 log = logging.getLogger(__name__)
+
+# A sync that has not ended; "fetched" is the pause between the fetch and load steps, which holds no lease.
+IN_PROGRESS = ("fetching", "fetched", "loading")
 
 
 @dataclass
 class DataTypeResult:
+    """One data type's sync. After an error, records and pages are those fetched so far (kept in the
+    checkpoint for the next run)."""
+
     records: int = 0
     pages: int = 0
     pages_fetched_this_run: int = 0
@@ -76,18 +84,21 @@ class SyncService:
         success = True
         for data_type in data_types:
             outcome = results[data_type] = DataTypeResult()
+            fetched = None
             try:
                 fetched = self.engine.fetch(user_id, sync_type, data_type, progress)
                 loaded = self.engine.load(user_id, sync_type, data_type, progress)
             except PermanentError as error:
                 outcome.error = str(error)
                 success = False
-                if getattr(error, "reason", None):  # a Shopify error: every data type would fail alike
+                self._count_fetched_so_far(outcome, fetched, user_id, sync_type, data_type)
+                if getattr(error, "reason", None):  # a Shopify or token error: every data type would fail alike
                     break
                 continue
             except TransientError as error:
                 outcome.error = str(error)
                 success = False
+                self._count_fetched_so_far(outcome, fetched, user_id, sync_type, data_type)
                 continue
             outcome.records, outcome.pages = fetched.records, fetched.pages
             outcome.pages_fetched_this_run = fetched.pages_this_run
@@ -97,9 +108,26 @@ class SyncService:
             success = success and loaded.finished
         return SyncResult(user_id, sync_type, success, results)
 
+    def _count_fetched_so_far(self, outcome: DataTypeResult, fetched: FetchResult | None, user_id: str,
+                              sync_type: str, data_type: str) -> None:
+        """After an error: the pages and records fetched so far, from the fetch or else its checkpoint
+        (a fetch that raised returns nothing, yet its checkpoint holds every page it staged)."""
+        if fetched is not None:
+            outcome.records, outcome.pages = fetched.records, fetched.pages
+            return
+        try:
+            checkpoint = self.engine.state.load_checkpoint(user_id, sync_type, data_type)
+        except PipelineError as error:  # the summary must not hide the error that stopped the sync
+            log.warning("cannot count what %s %s %s fetched so far: %s", user_id, sync_type, data_type, error)
+            return
+        if checkpoint is not None:
+            outcome.records = int(checkpoint.state.get("records", 0))
+            outcome.pages = int(checkpoint.state.get("pages", 0))
+
     def retry_failed_batches(self, user_id: str, sync_type: str, data_type: str) -> RetryResult:
         """The seed's manual retry: (success, retried, still failed). When nothing is left failed and the
         sync's fetch was complete, the sync is finished too (status completed, checkpoint cleared)."""
+        check_user_id(user_id)
         result = self.engine.retry_failed_batches(user_id, sync_type, data_type)
         if result.success and result.retried and self.engine.state.has_checkpoint(user_id, sync_type, data_type):
             self.engine.load(user_id, sync_type, data_type)
@@ -110,27 +138,35 @@ class SyncService:
     def get_sync_status(self, user_id: str) -> dict:
         """The user's status: overall, and per data type (status, stage, counts, page, message, updatedAt).
 
-        A running status whose last update is older than the lease is reported as `stuck`."""
+        A status in progress (fetching, fetched, loading) is reported as `stuck` when no live lease is held
+        for its data type and its last update is older than the lease."""
+        check_user_id(user_id)
         per_type = self.engine.state.get_status(user_id)
-        now = datetime.now(timezone.utc)
-        for status in per_type.values():
-            updated = datetime.fromisoformat(status["updatedAt"].replace("Z", "+00:00"))
-            status["stuck"] = (status["status"] in RUNNING
-                               and (now - updated).total_seconds() > self.engine.settings.lease_seconds)
+        for data_type, status in per_type.items():
+            status["stuck"] = status["status"] in IN_PROGRESS and self._is_stuck(user_id, data_type, status)
         statuses = {s["status"] for s in per_type.values()}
         if not per_type:
             overall = "never_synced"
         elif "failed" in statuses:
             overall = "failed"
-        elif statuses & set(RUNNING) or "fetched" in statuses:
+        elif statuses & set(IN_PROGRESS):
             overall = "running"
         else:
             overall = "completed"
         return {"userId": user_id, "status": overall, "dataTypes": per_type}
 
+    def _is_stuck(self, user_id: str, data_type: str, status: dict) -> bool:
+        lease = self.engine.state.lease(user_id, data_type)
+        if lease is not None and float(lease["expiresAt"]) > time.time():
+            return False  # a live lease: its sync is running, however slowly
+        updated = datetime.fromisoformat(status["updatedAt"].replace("Z", "+00:00"))
+        # The grace covers the gap between the fetch and load steps (Dagster starts a new process).
+        return (datetime.now(timezone.utc) - updated).total_seconds() > self.engine.settings.lease_seconds
+
     def clear_sync_status(self, user_id: str, data_type: str | None = None, release_lease: bool = False) -> int:
         """Delete a (stuck) status; with release_lease, also break the leases a dead sync left behind.
         Returns how many status items were deleted."""
+        check_user_id(user_id)
         if release_lease:
             for name in [data_type] if data_type else DATA_TYPES:
                 self.engine.state.break_lease(user_id, name)
@@ -138,6 +174,7 @@ class SyncService:
 
     def load_checkpoint(self, user_id: str, sync_type: str) -> dict[str, dict]:
         """{data type: checkpoint state and version} for every data type with a checkpoint."""
+        check_user_id(user_id)
         _check_sync_type(sync_type)
         out = {}
         for data_type in DATA_TYPES:
@@ -150,28 +187,45 @@ class SyncService:
     def clear_checkpoint(self, user_id: str, sync_type: str, data_type: str | None = None) -> list[str]:
         """Forget where a sync stood, with its staged pages; the next run starts over. Works on a
         corrupt checkpoint too. Returns the data types cleared."""
+        check_user_id(user_id)
         _check_sync_type(sync_type)
         cleared = []
         for name in [data_type] if data_type else DATA_TYPES:
             if self.engine.state.has_checkpoint(user_id, sync_type, name):
+                try:
+                    generation = self.engine.state.load_checkpoint(user_id, sync_type, name).state.get("generation")
+                except CheckpointError:
+                    generation = None  # unreadable: its pages are never read again and expire with their TTL
                 self.engine.state.clear_checkpoint(user_id, sync_type, name)
-                self.engine.pages.drop(sync_key(user_id, sync_type, name))
+                self.engine.pages.drop(sync_key(user_id, sync_type, name, generation))
                 cleared.append(name)
         return cleared
 
     # Connections ---------------------------------------------------------------------------------
 
     def add_connection(self, user_id: str, shop: str, token_ref: str) -> Connection:
+        """Connect (or reconnect) a user's shop. Refuses a bad user id, shop domain or token reference
+        (TokenReferenceError, e.g. a token pasted where `env:VAR` belongs) before anything is stored."""
         from shopify_pipeline.shopify.client import shop_base_url
 
+        check_user_id(user_id)
+        check_token_ref(token_ref)
         shop_base_url(shop, self.engine.shopify_settings.allow_local_shops)  # refuse a bad domain now
         return self.engine.connections.add(user_id, shop, token_ref)
 
     def list_connections(self) -> list[Connection]:
+        """Every connection; print them with `Connection.public()`, which hides literal tokens."""
         return self.engine.connections.list()
 
     def remove_connection(self, user_id: str) -> bool:
+        check_user_id(user_id)
         return self.engine.connections.remove(user_id)
+
+    def find_failed_batches(self, data_type: str, user_id: str | None = None) -> list[dict]:
+        """Saved failed batches of `data_type`, of every user or of `user_id` (see StateStore)."""
+        if user_id is not None:
+            check_user_id(user_id)
+        return self.engine.state.find_failed_batches(data_type, user_id)
 
 
 def _check_sync_type(sync_type: str) -> None:

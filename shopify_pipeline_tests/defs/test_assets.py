@@ -1,12 +1,17 @@
 """Materializing user partitions with a real Dagster instance, DynamoDB Local and the simulator."""
 
+import json
+
 import dagster as dg
+import requests
 
 from shopify_pipeline.defs.assets import pages_key, sync_assets, sync_run_config, table_key
 from shopify_pipeline.defs.checks import sync_checks
 from shopify_pipeline.settings import DATA_TYPES
 from shopify_pipeline.simulator import FaultConfig, FaultRule
+from shopify_pipeline.sync.service import SyncService
 from shopify_pipeline_tests.defs.conftest import source_of_truth, stored
+from shopify_pipeline_tests.support.hostile_server import HostileServer, Respond, rule_for
 
 
 def materialize(instance, sync_engine, user: str, data_types=DATA_TYPES, sync_type: str = "manual", **kwargs):
@@ -98,3 +103,23 @@ def test_a_failed_page_fails_the_partition_and_the_rerun_fetches_only_what_is_mi
     assert sim.stats("acme")["requests"]["orders"] - before == fetched["pages_this_run"]
     assert stored(engine, "user-acme", "orders") == source_of_truth(sim, "acme", "orders")
     assert instance.get_materialized_partitions(table_key("orders")) == {"user-acme"}
+
+
+def test_records_shopify_sent_broken_fail_the_load_once_without_retry(instance, sync_engine, engine, sim):
+    """A page with an order without id: its other records are written, the load fails permanently (no
+    RetryPolicy retries of a deterministic error) and says which record and field."""
+    page = requests.get(f"{sim.shop_url('small')}/admin/api/2025-10/orders.json?limit=250&status=any",
+                        headers={"X-Shopify-Access-Token": "shpat_small"}, timeout=10).json()
+    del page["orders"][2]["id"]
+    with HostileServer(upstream=sim.base_url) as hostile:
+        hostile.script(rule_for("/orders.json", Respond(200, json.dumps(page).encode()), times=None))
+        SyncService(engine).add_connection("user-broken", f"{hostile.url}/shops/small", "literal:shpat_small")
+        result = materialize(instance, sync_engine, "user-broken", data_types=("orders",), sync_type="initial")
+    assert not result.success
+    step = table_key("orders").to_python_identifier()
+    assert not step_events(result, step, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    [failure] = step_events(result, step, dg.DagsterEventType.STEP_FAILURE)
+    failed = failure.step_failure_data.user_failure_data
+    assert "record 3: `id` is missing" in failed.description
+    assert failed.metadata["reason"].value == "bad_record"
+    assert len(stored(engine, "user-broken", "orders")) == len(page["orders"]) - 1

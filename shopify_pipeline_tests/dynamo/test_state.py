@@ -7,7 +7,6 @@ import pytest
 from shopify_pipeline.dynamo.state import (
     Checkpoint,
     CheckpointError,
-    LeaseHeldError,
     StaleCheckpointError,
     StateStore,
     checkpoint_key,
@@ -103,17 +102,3 @@ def test_failed_batches_are_saved_found_by_the_seeds_query_and_removed(store):
     assert store.remove_failed_batch("u1", "initial", "orders", batch_id)
     assert store.failed_batches("u1", "initial", "orders") == []
     assert not store.remove_failed_batch("u1", "initial", "orders", batch_id)
-
-
-def test_a_second_lease_holder_is_refused_until_expiry(store):
-    store.acquire_lease("u1", "orders", "worker-a", seconds=2)
-    with pytest.raises(LeaseHeldError, match="already running.*worker-a"):
-        store.acquire_lease("u1", "orders", "worker-b", seconds=2)
-    store.acquire_lease("u1", "products", "worker-b", seconds=2)  # another data type is free
-    store.acquire_lease("u1", "orders", "worker-a", seconds=2)  # renewal by the holder
-    time.sleep(2.2)
-    store.acquire_lease("u1", "orders", "worker-b", seconds=60)  # expired: taken over
-    store.release_lease("u1", "orders", "worker-a")  # not the holder: no effect
-    assert store.lease("u1", "orders")["owner"] == "worker-b"
-    store.release_lease("u1", "orders", "worker-b")
-    assert store.lease("u1", "orders") is None
