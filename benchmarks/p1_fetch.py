@@ -27,7 +27,6 @@ import threading
 import time
 
 from benchmarks.common import RemoteSimulator, dynamodb, fresh_settings, header, service_for, shopify_settings, table
-from shopify_pipeline.dynamo.pages import sync_key
 from shopify_pipeline.errors import PermanentError
 from shopify_pipeline.exact_json import parse_json
 from shopify_pipeline.sync.engine import SyncOptions
@@ -53,7 +52,7 @@ def _shop(name: str, latency: float = LATENCY) -> dict:
 
 def _staged_ids(service, user: str) -> set[int]:
     pages = service.engine.pages
-    key = sync_key(user, "initial", "orders")
+    key = service.engine.staging_key(user, "initial", "orders")
     ids: set[int] = set()
     for page in pages.list(key):
         ids.update(order["id"] for order in parse_json(pages.body(key, page))["orders"])

@@ -120,6 +120,11 @@ class SyncEngine:
             pacer = FixedGapPacer(gap)
         return ShopifyClient(connection.shop, resolve_token(connection.token_ref), shopify, pacer=pacer)
 
+    def staging_key(self, user_id: str, sync_type: str, data_type: str) -> str | None:
+        """The key of the staged pages of the sync in progress (named by its checkpoint), or None."""
+        checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
+        return sync_key(user_id, sync_type, data_type, checkpoint.state.get("generation")) if checkpoint else None
+
     # Fetch ---------------------------------------------------------------------------------------
 
     def fetch(self, user_id: str, sync_type: str, data_type: str, progress: Progress | None = None) -> FetchResult:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from shopify_pipeline.dynamo.connections import Connection, check_user_id
-from shopify_pipeline.dynamo.pages import sync_key
 from shopify_pipeline.dynamo.state import CheckpointError
 from shopify_pipeline.errors import PermanentError, PipelineError, TransientError
 from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, Settings, ShopifySettings
@@ -193,11 +192,12 @@ class SyncService:
         for name in [data_type] if data_type else DATA_TYPES:
             if self.engine.state.has_checkpoint(user_id, sync_type, name):
                 try:
-                    generation = self.engine.state.load_checkpoint(user_id, sync_type, name).state.get("generation")
+                    key = self.engine.staging_key(user_id, sync_type, name)
                 except CheckpointError:
-                    generation = None  # unreadable: its pages are never read again and expire with their TTL
+                    key = None  # unreadable: its pages are never read again and expire with their TTL
                 self.engine.state.clear_checkpoint(user_id, sync_type, name)
-                self.engine.pages.drop(sync_key(user_id, sync_type, name, generation))
+                if key:
+                    self.engine.pages.drop(key)
                 cleared.append(name)
         return cleared
 
