@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` runs the main job, `make test` runs the tests.
 PYTHON ?= python3
+PORT ?= 3000
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -23,4 +24,4 @@ test: setup
 	$(BIN)/pytest -q
 
 ui: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/shopify-pipeline ui
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/shopify-pipeline ui --port $(PORT)

@@ -8,7 +8,19 @@ import signal
 import sys
 from pathlib import Path
 
-from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, Settings
+from shopify_pipeline.logs import forward_logs
+from shopify_pipeline.settings import AUTO, DATA_TYPES, SYNC_TYPE_CHOICES, SYNC_TYPES, Settings
+
+
+def _data_types(value: str) -> tuple[str, ...]:
+    """`--data-types orders,products`: a usage error (exit 2) for anything else, before anything runs."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in DATA_TYPES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown data type(s) {', '.join(map(repr, unknown)) or '(none given)'}: use a comma-separated "
+            f"subset of {','.join(DATA_TYPES)}")
+    return names
 
 
 def _local_dynamodb(args: argparse.Namespace) -> int:
@@ -69,7 +81,7 @@ def _users(args: argparse.Namespace) -> int:
         if args.user is None or not (args.shop and args.token_ref):
             raise SystemExit("users add needs --user, --shop and --token-ref (env:VAR, secretsmanager:ID or "
                              "literal:TOKEN)")
-        connection = service.add_connection(args.user, args.shop, args.token_ref)
+        connection = service.add_connection(args.user, args.shop, args.token_ref, replace=args.replace)
         _print(args, connection.public(), f"added {connection.user_id} → {connection.shop}")
     elif args.action == "remove":
         if args.user is None:
@@ -87,12 +99,12 @@ def _sync(args: argparse.Namespace) -> int:
     from shopify_pipeline.cli_progress import ProgressLine
 
     service = _service()
-    data_types = tuple(args.data_types.split(",")) if args.data_types else DATA_TYPES
-    with ProgressLine(enabled=not args.json) as line:
-        result = service.sync(args.user, args.type, data_types, progress=line.update)
+    with ProgressLine(enabled=not args.json) as line, forward_logs(lambda _level, message: line.update(message)):
+        result = service.sync(args.user, args.type, args.data_types, progress=line.update)
     summary = {name: r.__dict__ for name, r in result.data_types.items()}
     text = [f"{args.type} sync of {args.user}: {'succeeded' if result.success else 'FAILED'}"]
     for name, r in result.data_types.items():
+        name = f"{name} ({r.sync_type})" if r.sync_type and args.type == AUTO else name
         if r.error:  # the fetch stopped: what it staged is in the checkpoint, and the next run resumes from it
             text.append(f"  {name:10} {r.records:7} records  {r.pages:4} pages fetched so far, kept for the rerun"
                         f"\n    error: {r.error}")
@@ -114,8 +126,15 @@ def _status(args: argparse.Namespace) -> int:
                  if s.get("stuck") else "")
         lines.append(f"  {name:10} {s['status']:10} {s.get('syncType', '-'):8} {s.get('message', '')}  "
                      f"[updated {s['updatedAt']}]{stuck}")
+        if "requests" in s:
+            lines.append(f"             last run: {s['requests']} requests, {s.get('retries', 0)} retries, "
+                         f"{s.get('throttled', 0)} 429s waited out")
         if s.get("failedBatchRanges"):
             lines.append(f"             failed batches: {', '.join(s['failedBatchRanges'])}")
+    failed_run = status.get("lastFailedRun")
+    if failed_run:
+        lines.append(f"  last failed Dagster run: {failed_run['runId']} ({failed_run['job']}, {failed_run['at']}): "
+                     f"{failed_run['message'][:300]}")
     _print(args, status, "\n".join(lines))
     return 0
 
@@ -202,10 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--user", help="the user id (for add and remove)")
     users.add_argument("--shop", help="acme.myshopify.com (add)")
     users.add_argument("--token-ref", help="where the token is: env:VAR, secretsmanager:ID, literal:TOKEN (add)")
+    users.add_argument("--replace", action="store_true",
+                       help="connect another shop to an existing user: its marks reset, old records stay (add)")
 
     sync = command("sync", _sync, "sync one user now (fetch and load), with progress")
-    sync.add_argument("--type", choices=SYNC_TYPES, default="manual", help="sync type (default manual)")
-    sync.add_argument("--data-types", help="comma-separated subset of orders,products,customers")
+    sync.add_argument("--type", choices=SYNC_TYPE_CHOICES, default=AUTO,
+                      help="auto (default: resume an unfinished sync, else daily if synced before, else initial), "
+                      "initial, manual (a full re-sync) or daily")
+    sync.add_argument("--data-types", type=_data_types, default=DATA_TYPES,
+                      help="comma-separated subset of orders,products,customers")
 
     command("status", _status, "a user's durable sync status")
 
@@ -220,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also release the lease of a sync whose process died (only when none is running)")
 
     retry = command("retry-failed", _retry_failed, "write a user's saved failed batches again")
-    retry.add_argument("--sync-type", choices=SYNC_TYPES, required=True)
+    retry.add_argument("--sync-type", choices=SYNC_TYPES,
+                       help="the sync that saved them (default: every sync type that has failed batches)")
     retry.add_argument("--data-type", choices=DATA_TYPES, required=True)
 
     failed = command("failed-batches", _failed_batches, "list saved failed batches (monitoring)", user=False)

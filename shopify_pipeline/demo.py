@@ -82,8 +82,8 @@ def prepare_dagster_home() -> None:
     DAGSTER_HOME.mkdir(exist_ok=True)
     shipped = Path(__file__).resolve().parent.parent / "dagster.yaml"
     target = DAGSTER_HOME / "dagster.yaml"
-    if shipped.exists() and not target.exists():
-        shutil.copyfile(shipped, target)
+    if shipped.exists() and (not target.exists() or target.read_bytes() != shipped.read_bytes()):
+        shutil.copyfile(shipped, target)  # the shipped file is the demo's instance config: keep it current
 
 
 def run_demo(orders: int = 2000, keep_running: bool = False) -> int:
@@ -110,7 +110,10 @@ def run_ui(orders: int = 2000, port: int = 3000) -> int:
     with local_stack(orders) as _:
         prepare_dagster_home()
         print(f"Starting the Dagster UI at http://127.0.0.1:{port} (Ctrl-C stops everything)...", flush=True)
-        process = subprocess.Popen(["dagster", "dev", "-w", "workspace.yaml", "-p", str(port)], env=os.environ)
+        # Run from $DAGSTER_HOME: dagster dev warns about (and ignores) a dagster.yaml in any other folder.
+        workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+        process = subprocess.Popen(["dagster", "dev", "-w", str(workspace), "-p", str(port)], env=os.environ,
+                                   cwd=DAGSTER_HOME.resolve())
         try:
             return process.wait()
         except KeyboardInterrupt:

@@ -52,18 +52,22 @@ def materialize_user(user_id: str, settings: Settings, sync_type: str = "initial
 
 def summary_lines(outcomes: list[UserOutcome], settings: Settings) -> list[str]:
     """A per-user summary: records, pages, retries, 429s, failures, status, and where to look next."""
+    from shopify_pipeline.defs.assets import pages_key, table_key
+
     state = StateStore(dynamodb_client(settings), settings)
     lines = ["Summary", "======="]
     for outcome in outcomes:
         status = state.get_status(outcome.user_id)
         lines.append(f"{outcome.user_id}: {'OK' if outcome.success else 'FAILED'}  (Dagster run {outcome.run_id[:8]})")
         for data_type in DATA_TYPES:
-            pages = outcome.metadata.get(f"shopify_{data_type}_pages", {})
-            table = outcome.metadata.get(f"dynamodb_{data_type}", {})
+            pages = outcome.metadata.get(pages_key(data_type).to_user_string(), {})
+            table = outcome.metadata.get(table_key(data_type).to_user_string(), {})
             current = status.get(data_type, {})
             lines.append(
-                f"  {data_type:10} {_n(table, 'records'):>6} records written  {_n(pages, 'pages'):>4} pages  "
-                f"{_n(pages, 'retries'):>3} retries  {_n(pages, 'throttled_429'):>3} 429s waited out  "
+                f"  {data_type:10} {_n(table, 'records_written_this_run'):>6} records written  "
+                f"{_n(pages, 'pages'):>4} pages  "
+                f"{_n(pages, 'retries_this_run'):>3} retries  "
+                f"{_n(pages, 'throttled_429_this_run'):>3} 429s waited out  "
                 f"{_n(pages, 'failed_pages'):>2} failed pages  {_n(table, 'failed_batches'):>2} failed batches  "
                 f"status: {current.get('status', '-')}"
             )

@@ -13,6 +13,9 @@ from shopify_pipeline.errors import PermanentError
 
 DATA_TYPES = ("orders", "products", "customers")
 SYNC_TYPES = ("initial", "manual", "daily")
+# `auto`: resume the unfinished sync of a data type if there is one, else daily if it was synced, else initial.
+AUTO = "auto"
+SYNC_TYPE_CHOICES = (AUTO, *SYNC_TYPES)
 
 CHECKPOINT_TTL_SECONDS = 7 * 24 * 3600
 STAGED_PAGE_TTL_SECONDS = 7 * 24 * 3600

@@ -1,49 +1,23 @@
-"""Asset checks per data type: no failed pages, no failed batches, DynamoDB's count equals Shopify's."""
+"""Asset checks that run after a user's load: DynamoDB's count equals Shopify's, and the user is fresh.
+
+`no_failed_pages` and `no_failed_batches` are reported by the assets themselves (assets.py), so that the
+run in which something failed shows the failed check.
+"""
 
 import warnings
+from datetime import datetime, timezone
 
 import dagster as dg
 
-from shopify_pipeline.defs.assets import pages_key, permanent_errors_fail_at_once, table_key
+from shopify_pipeline.defs.assets import FRESHNESS, permanent_errors_fail_at_once, table_key
 from shopify_pipeline.defs.partitions import user_partitions
 from shopify_pipeline.defs.resources import SyncEngineResource
 from shopify_pipeline.dynamo.records import RecordTable
-from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES
+from shopify_pipeline.settings import DATA_TYPES
 
 
 def build_sync_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
-    """The three checks of one data type, partitioned by user like the assets."""
-
-    @dg.asset_check(asset=pages_key(data_type), name="no_failed_pages", partitions_def=user_partitions,
-                    description=f"No page of {data_type} is waiting to be fetched again, in any sync type.")
-    def no_failed_pages(context: dg.AssetCheckExecutionContext,
-                        sync_engine: SyncEngineResource) -> dg.AssetCheckResult:
-        engine, user = sync_engine.engine(), context.partition_key
-        failed = []
-        with permanent_errors_fail_at_once():
-            for sync_type in SYNC_TYPES:
-                checkpoint = engine.state.load_checkpoint(user, sync_type, data_type)
-                slices = checkpoint.state.get("slices", []) if checkpoint else []
-                failed += [{"sync_type": sync_type, "slice": s["i"], **s["failed"]} for s in slices if s.get("failed")]
-        return dg.AssetCheckResult(
-            passed=not failed,
-            metadata={"failed_pages": dg.MetadataValue.int(len(failed)),
-                      "detail": dg.MetadataValue.json(failed)},
-        )
-
-    @dg.asset_check(asset=table_key(data_type), name="no_failed_batches", partitions_def=user_partitions,
-                    description=f"No batch of {data_type} is waiting in the failed-batch store, in any sync type.")
-    def no_failed_batches(context: dg.AssetCheckExecutionContext,
-                          sync_engine: SyncEngineResource) -> dg.AssetCheckResult:
-        engine, user = sync_engine.engine(), context.partition_key
-        with permanent_errors_fail_at_once():
-            batches = {st: engine.state.failed_batches(user, st, data_type) for st in SYNC_TYPES}
-        ranges = {st: [b["range"] for b in entries] for st, entries in batches.items() if entries}
-        count = sum(len(entries) for entries in batches.values())
-        return dg.AssetCheckResult(
-            passed=count == 0,
-            metadata={"failed_batches": dg.MetadataValue.int(count), "ranges": dg.MetadataValue.json(ranges)},
-        )
+    """The checks of one data type, partitioned by user like the assets."""
 
     @dg.asset_check(asset=table_key(data_type), name="record_count_matches_shopify", partitions_def=user_partitions,
                     description=f"The user's {data_type} in DynamoDB number exactly what Shopify's count.json "
@@ -65,7 +39,27 @@ def build_sync_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
                       "difference": dg.MetadataValue.int(stored - in_shopify)},
         )
 
-    return [no_failed_pages, no_failed_batches, record_count_matches_shopify]
+    @dg.asset_check(asset=table_key(data_type), name="synced_within_26h", partitions_def=user_partitions,
+                    description=f"This user's {data_type} finished a sync within the last "
+                    f"{FRESHNESS.total_seconds() / 3600:.0f} hours (the asset's freshness policy, per user).")
+    def synced_within_26h(context: dg.AssetCheckExecutionContext,
+                          sync_engine: SyncEngineResource) -> dg.AssetCheckResult:
+        engine, user = sync_engine.engine(), context.partition_key
+        with permanent_errors_fail_at_once():
+            last_syncs = engine.connections.get(user).last_sync
+        finished = [at for key, at in last_syncs.items() if key.endswith(f"_{data_type}")]
+        last = max(finished) if finished else None
+        age_hours = None
+        if last:
+            moment = datetime.fromisoformat(last.replace("Z", "+00:00"))
+            age_hours = (datetime.now(timezone.utc) - moment).total_seconds() / 3600
+        return dg.AssetCheckResult(
+            passed=age_hours is not None and age_hours <= FRESHNESS.total_seconds() / 3600,
+            metadata={"last_finished_sync": dg.MetadataValue.text(last or "never"),
+                      "age_hours": dg.MetadataValue.float(round(age_hours, 2) if age_hours is not None else -1.0)},
+        )
+
+    return [record_count_matches_shopify, synced_within_26h]
 
 
 # Partitioned asset checks are a preview feature in Dagster 1.13; per-user results need them.

@@ -42,6 +42,7 @@ class Connection:
     created_at: str | None = None
     last_sync: dict[str, str] = field(default_factory=dict)  # sync type -> finished at
     high_water: dict[str, str] = field(default_factory=dict)  # data type -> updated_at high-water mark
+    last_failed_run: dict | None = None  # the orchestrator's last failed run of this user (sensors.py)
 
     def public(self) -> dict:
         """This connection as fields safe to print or log: a `literal:` token shows as `literal:***`."""
@@ -122,7 +123,14 @@ class ConnectionStore:
                    ConditionExpression="attribute_exists(userId)")
 
 
+    def record_run_failure(self, user_id: str, failure: dict) -> None:
+        """Keep the last failed orchestrator run of a user (run id, job, failed steps and their messages)."""
+        self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression="SET lastFailedRun = :f",
+                   ExpressionAttributeValues={":f": serialize({**failure, "at": now_iso()})},
+                   ConditionExpression="attribute_exists(userId)")
+
+
 def _connection(item: dict) -> Connection:
     data = {k: deserialize(v) for k, v in item.items()}
     return Connection(data["userId"], data["shop"], data["tokenRef"], data.get("createdAt"),
-                      data.get("lastSync", {}), data.get("highWater", {}))
+                      data.get("lastSync", {}), data.get("highWater", {}), data.get("lastFailedRun"))

@@ -63,6 +63,16 @@ class ShopifyRetry(Retry):
     def parse_retry_after(self, retry_after: str) -> float:
         return retry_after_seconds(retry_after, default=self.backoff_factor, cap=self.retry_after_max)
 
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):  # noqa: ANN001, ANN201 - urllib3's signature
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        why = f"Shopify answered {response.status}" if response is not None else type(error).__name__
+        wait = retry.get_backoff_time()
+        if response is not None and response.status in self.RETRY_AFTER_STATUS_CODES:
+            wait = max(wait, retry.get_retry_after(response) or 0.0)
+        log.warning("%s for %s; retry %d of %d in %.1f s", why, urlsplit(url or "").path, len(retry.history),
+                    self.total if isinstance(self.total, int) else len(retry.history), wait)
+        return retry
+
     def get_backoff_time(self) -> float:
         failures = len(self.history)
         if failures == 0:
@@ -243,7 +253,10 @@ class ShopifyClient:
         """GET `url` of this shop: paced, retried, 429s waited out. Returns a 2xx answer or raises."""
         self._check_same_shop(url)
         for _ in range(self.settings.max_throttle_waits + 1):
-            self.stats.add(pace_wait_seconds=self.pacer.acquire())
+            paced = self.pacer.acquire()
+            self.stats.add(pace_wait_seconds=paced)
+            if paced >= 1:
+                log.info("pacing: waited %.1f s for room in %s's rate-limit bucket", paced, self.base_url)
             try:
                 response = self._session.get(url)
             except DeadlineExceeded as error:
@@ -273,6 +286,7 @@ class ShopifyClient:
                 return self._checked(response, url)
             wait = retry_after_seconds(response.headers.get("Retry-After"), default=2.0,
                                        cap=self.settings.retry_after_cap_seconds)
+            log.info("rate limited by Shopify (429) on %s: waiting %.1f s", self._where(url), wait)
             self.pacer.throttled(wait)
             self.stats.add(throttled=1, throttle_wait_seconds=wait)
             self._sleep(wait)
@@ -335,9 +349,10 @@ class ShopifyClient:
                 self._sleep(self._backoff(attempt))
             try:
                 response = self.get(url)
-            except IncompleteAnswerError:
+            except IncompleteAnswerError as error:
                 if attempt == self.settings.retries:
                     raise
+                log.warning("%s; retry %d of %d", error, attempt + 1, self.settings.retries)
                 continue
             try:
                 document = parse_json(response.content)
@@ -346,6 +361,8 @@ class ShopifyClient:
                     raise ShopifyTransientError(
                         f"Shopify sent a malformed JSON body for {self._where(url)} "
                         f"{self.settings.retries + 1} times") from None
+                log.warning("Shopify sent a malformed JSON body for %s; retry %d of %d", self._where(url),
+                            attempt + 1, self.settings.retries)
                 continue
             if isinstance(document, dict):
                 return document, response

@@ -28,7 +28,15 @@ from shopify_pipeline.dynamo.pages import PAGES_PER_SLICE, PageStore, page_numbe
 from shopify_pipeline.dynamo.state import Checkpoint, StateStore
 from shopify_pipeline.errors import PermanentError, TransientError
 from shopify_pipeline.exact_json import parse_json
-from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, Settings, SettingsError, ShopifySettings
+from shopify_pipeline.settings import (
+    AUTO,
+    DATA_TYPES,
+    SYNC_TYPE_CHOICES,
+    SYNC_TYPES,
+    Settings,
+    SettingsError,
+    ShopifySettings,
+)
 from shopify_pipeline.shopify.client import ShopifyClient
 from shopify_pipeline.shopify.errors import InvalidCursorError, ShopifyTransientError
 from shopify_pipeline.shopify.pacer import FixedGapPacer
@@ -53,6 +61,7 @@ class SyncOptions:
 
 @dataclass
 class FetchResult:
+    sync_type: str = ""
     pages: int = 0
     records: int = 0
     pages_this_run: int = 0
@@ -74,9 +83,12 @@ class FetchResult:
 
 @dataclass
 class LoadResult:
+    sync_type: str = ""
+    nothing_to_load: bool = False  # no sync in progress: this run wrote nothing, and says so
     pages: int = 0
     records_written: int = 0
-    failed_batches: list[dict] = field(default_factory=list)
+    failed_batches: list[dict] = field(default_factory=list)  # saved by this run
+    still_failed: list[str] = field(default_factory=list)  # ranges of every batch of the sync still failing
     retried_batches: int = 0
     deleted: int = 0
     finished: bool = False
@@ -120,6 +132,20 @@ class SyncEngine:
             pacer = FixedGapPacer(gap)
         return ShopifyClient(connection.shop, resolve_token(connection.token_ref), shopify, pacer=pacer)
 
+    def resolve_sync_type(self, user_id: str, data_type: str, sync_type: str) -> str:
+        """`sync_type`, or for `auto`: the unfinished sync of this data type if there is one (the most
+        recently saved, to resume it), else `daily` when a sync finished before, else `initial`."""
+        if sync_type != AUTO:
+            return sync_type
+        unfinished = []
+        for candidate in SYNC_TYPES:
+            checkpoint = self.state.load_checkpoint(user_id, candidate, data_type)
+            if checkpoint is not None:
+                unfinished.append((checkpoint.updated_at or "", candidate))
+        if unfinished:
+            return max(unfinished)[1]
+        return "daily" if self.connections.get(user_id).high_water.get(data_type) else "initial"
+
     def staging_key(self, user_id: str, sync_type: str, data_type: str) -> str | None:
         """The key of the staged pages of the sync in progress (named by its checkpoint), or None."""
         checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
@@ -140,6 +166,7 @@ class SyncEngine:
         with self._lease(user_id, data_type) as lease:
             client = None
             try:
+                sync_type = self.resolve_sync_type(user_id, data_type, sync_type)  # under the lease: no race
                 client = self.shopify_client(connection, sync_type)
                 return self._fetch(client, connection, sync_type, data_type, progress or _quiet, started, lease)
             except (PermanentError, TransientError) as error:
@@ -153,7 +180,7 @@ class SyncEngine:
                progress: Progress, started: float, lease: HeldLease) -> FetchResult:
         user_id = connection.user_id
         fence = lease.fence
-        result = FetchResult()
+        result = FetchResult(sync_type=sync_type)
         checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
         if checkpoint is None:
             self.state.set_status(user_id, data_type, "fetching", sync_type, fence=fence, stage="plan",
@@ -250,6 +277,9 @@ class SyncEngine:
         if deletes and not deletes["done"] and not any(p["failed"] for p in state["slices"]):
             holder["checkpoint"] = self._fetch_deletions(client, key, data_type, state, holder["checkpoint"], lease)
         result.failed_pages = [{"slice": p["i"], **p["failed"]} for p in state["slices"] if p["failed"]]
+        # What this run's fetch cost: shown by every later status of the sync (`shopify-pipeline status`).
+        state["last_run"] = {"requests": client.stats.requests, "retries": client.stats.retries,
+                             "throttled": client.stats.throttled}
         state["fetch_done"] = (not result.failed_pages and all(p["done"] for p in state["slices"])
                                and state.get("deletes", {}).get("done", True))
         self.state.save_checkpoint(
@@ -257,7 +287,7 @@ class SyncEngine:
         result.pages, result.records = state["pages"], state["records"]
         result.bad_records = list(state.get("bad_records", []))
         result.seconds = time.monotonic() - started
-        counts = {"page": state["pages"], "recordCount": state["records"]}
+        counts = {"page": state["pages"], "recordCount": state["records"], **state["last_run"]}
         if result.failed_pages:
             self.state.set_status(
                 user_id, data_type, "failed", sync_type, fence=fence, stage="fetch", **counts,
@@ -359,6 +389,7 @@ class SyncEngine:
         result = LoadResult()
         with self._lease(user_id, data_type) as lease:
             try:
+                sync_type = result.sync_type = self.resolve_sync_type(user_id, data_type, sync_type)
                 self._load(user_id, sync_type, data_type, progress, result, lease)
             except (PermanentError, TransientError) as error:
                 self._fail(user_id, sync_type, data_type, "load", error, lease)
@@ -371,7 +402,7 @@ class SyncEngine:
         fence = lease.fence
         checkpoint = self.state.load_checkpoint(user_id, sync_type, data_type)
         if checkpoint is None:
-            result.finished = True
+            result.finished = result.nothing_to_load = True
             progress(f"Nothing to load for {user_id} {sync_type} {data_type}: no sync in progress.")
             return
         earlier = self._retry_failed_batches(user_id, sync_type, data_type, lease)
@@ -380,8 +411,11 @@ class SyncEngine:
         key = sync_key(user_id, sync_type, data_type, state.get("generation"))
         position = 0
         pages = list(self.pages.list(key))
-        for index, page in enumerate(pages, start=1):
+        record_pages = sum(1 for page in pages if page.number // PAGES_PER_SLICE != DELETIONS_SLICE)
+        index = 0
+        for page in pages:
             deletions = page.number // PAGES_PER_SLICE == DELETIONS_SLICE
+            index += 0 if deletions else 1
             first = position + 1
             position += 0 if deletions else page.records
             if page.loaded:
@@ -408,11 +442,12 @@ class SyncEngine:
             result.records_written += report.written
             if len(result.preview) < 5:
                 result.preview.extend(valid[: 5 - len(result.preview)])
-            message = f"Loading page {index} of {len(pages)}... ({position} {data_type} written)"
+            message = f"Loading page {index} of {record_pages}... ({position} {data_type} written)"
             self.state.set_status(user_id, data_type, "loading", sync_type, fence=fence, stage="load", page=index,
-                                  recordCount=position, message=message)
+                                  recordCount=position, message=message, **state.get("last_run", {}))
             progress(message)
         still_failed = self.state.failed_batches(user_id, sync_type, data_type)
+        result.still_failed = [batch["range"] for batch in still_failed]
         if state.get("bad_records"):
             raise BadRecordError(bad_records_message(data_type, state))
         result.finished = state.get("fetch_done", False) and not still_failed
@@ -422,7 +457,7 @@ class SyncEngine:
             failed_pages = [{"slice": p["i"], **p["failed"]} for p in state["slices"] if p.get("failed")]
             self.state.set_status(
                 user_id, data_type, "failed", sync_type, fence=fence, stage="load", recordCount=position,
-                failedPages=len(failed_pages), failedBatches=len(still_failed),
+                **state.get("last_run", {}), failedPages=len(failed_pages), failedBatches=len(still_failed),
                 failedBatchRanges=[b["range"] for b in still_failed],
                 message=_failure_message(data_type, failed_pages, still_failed, sync_type, user_id),
                 error={"failedPages": failed_pages, "permanent": False},
@@ -434,7 +469,7 @@ class SyncEngine:
         self.connections.record_finished(user_id, sync_type, data_type, state["started_at"])
         self.pages.drop(key)
         self.state.set_status(user_id, data_type, "completed", sync_type, fence=fence, stage="done",
-                              page=state["pages"], recordCount=state["records"],
+                              page=state["pages"], recordCount=state["records"], **state.get("last_run", {}),
                               message=f"Sync complete: {state['records']} {data_type} in {state['pages']} pages.")
 
     # Recovery ------------------------------------------------------------------------------------
@@ -538,8 +573,8 @@ def _iso(moment: datetime) -> str:
 
 
 def _check(sync_type: str, data_type: str) -> None:
-    if sync_type not in SYNC_TYPES:
-        raise SettingsError(f"unknown sync type {sync_type!r}; expected one of {', '.join(SYNC_TYPES)}")
+    if sync_type not in SYNC_TYPE_CHOICES:
+        raise SettingsError(f"unknown sync type {sync_type!r}; expected one of {', '.join(SYNC_TYPE_CHOICES)}")
     if data_type not in DATA_TYPES:
         raise SettingsError(f"unknown data type {data_type!r}; expected one of {', '.join(DATA_TYPES)}")
 

@@ -12,14 +12,18 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from shopify_pipeline.dynamo.connections import Connection, check_user_id
+from shopify_pipeline.dynamo.connections import Connection, UnknownUserError, check_user_id
 from shopify_pipeline.dynamo.state import CheckpointError
 from shopify_pipeline.errors import PermanentError, PipelineError, TransientError
-from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, Settings, ShopifySettings
+from shopify_pipeline.settings import AUTO, DATA_TYPES, SYNC_TYPES, Settings, ShopifySettings
 from shopify_pipeline.sync.engine import FetchResult, Progress, RetryResult, SyncEngine, SyncOptions
 from shopify_pipeline.sync.tokens import check_token_ref
 
 log = logging.getLogger(__name__)
+
+
+class ShopChangeRefusedError(PermanentError):
+    """`users add` for a connected user names another shop, without --replace."""
 
 # A sync that has not ended; "fetched" is the pause between the fetch and load steps, which holds no lease.
 IN_PROGRESS = ("fetching", "fetched", "loading")
@@ -30,6 +34,7 @@ class DataTypeResult:
     """One data type's sync. After an error, records and pages are those fetched so far (kept in the
     checkpoint for the next run)."""
 
+    sync_type: str = ""  # the one that ran (what `auto` chose)
     records: int = 0
     pages: int = 0
     pages_fetched_this_run: int = 0
@@ -75,9 +80,13 @@ class SyncService:
     def daily_sync(self, user_id: str, data_types=DATA_TYPES, progress: Progress | None = None) -> SyncResult:
         return self.sync(user_id, "daily", data_types, progress)
 
-    def sync(self, user_id: str, sync_type: str, data_types=DATA_TYPES, progress: Progress | None = None) -> SyncResult:
+    def sync(self, user_id: str, sync_type: str = AUTO, data_types=DATA_TYPES,
+             progress: Progress | None = None) -> SyncResult:
         """Fetch then load each data type. A permanent error (bad token …) stops the user's sync; a
-        transient one is recorded for that data type and the others go on."""
+        transient one is recorded for that data type and the others go on.
+
+        `auto` (the default) resumes each data type's unfinished sync, else runs daily if it was synced
+        before, else initial."""
         check_user_id(user_id)
         results: dict[str, DataTypeResult] = {}
         success = True
@@ -86,7 +95,8 @@ class SyncService:
             fetched = None
             try:
                 fetched = self.engine.fetch(user_id, sync_type, data_type, progress)
-                loaded = self.engine.load(user_id, sync_type, data_type, progress)
+                outcome.sync_type = fetched.sync_type
+                loaded = self.engine.load(user_id, fetched.sync_type, data_type, progress)
             except PermanentError as error:
                 outcome.error = str(error)
                 success = False
@@ -115,6 +125,8 @@ class SyncService:
             outcome.records, outcome.pages = fetched.records, fetched.pages
             return
         try:
+            sync_type = self.engine.resolve_sync_type(user_id, data_type, sync_type)
+            outcome.sync_type = outcome.sync_type or sync_type
             checkpoint = self.engine.state.load_checkpoint(user_id, sync_type, data_type)
         except PipelineError as error:  # the summary must not hide the error that stopped the sync
             log.warning("cannot count what %s %s %s fetched so far: %s", user_id, sync_type, data_type, error)
@@ -123,10 +135,17 @@ class SyncService:
             outcome.records = int(checkpoint.state.get("records", 0))
             outcome.pages = int(checkpoint.state.get("pages", 0))
 
-    def retry_failed_batches(self, user_id: str, sync_type: str, data_type: str) -> RetryResult:
+    def retry_failed_batches(self, user_id: str, sync_type: str | None, data_type: str) -> RetryResult:
         """The seed's manual retry: (success, retried, still failed). When nothing is left failed and the
-        sync's fetch was complete, the sync is finished too (status completed, checkpoint cleared)."""
+        sync's fetch was complete, the sync is finished too (status completed, checkpoint cleared).
+
+        `sync_type` None (or `auto`): every sync type of this data type that has failed batches."""
         check_user_id(user_id)
+        if sync_type in (None, AUTO):
+            saved = [st for st in SYNC_TYPES if self.engine.state.failed_batches(user_id, st, data_type)]
+            results = [self.retry_failed_batches(user_id, st, data_type) for st in saved]
+            retried, still = sum(r.retried for r in results), sum(r.still_failed for r in results)
+            return RetryResult(still == 0, retried, still)
         result = self.engine.retry_failed_batches(user_id, sync_type, data_type)
         if result.success and result.retried and self.engine.state.has_checkpoint(user_id, sync_type, data_type):
             self.engine.load(user_id, sync_type, data_type)
@@ -152,7 +171,14 @@ class SyncService:
             overall = "running"
         else:
             overall = "completed"
-        return {"userId": user_id, "status": overall, "dataTypes": per_type}
+        answer = {"userId": user_id, "status": overall, "dataTypes": per_type}
+        try:
+            failed_run = self.engine.connections.get(user_id).last_failed_run
+        except UnknownUserError:
+            failed_run = None
+        if failed_run:
+            answer["lastFailedRun"] = failed_run
+        return answer
 
     def _is_stuck(self, user_id: str, data_type: str, status: dict) -> bool:
         lease = self.engine.state.lease(user_id, data_type)
@@ -203,14 +229,25 @@ class SyncService:
 
     # Connections ---------------------------------------------------------------------------------
 
-    def add_connection(self, user_id: str, shop: str, token_ref: str) -> Connection:
+    def add_connection(self, user_id: str, shop: str, token_ref: str, replace: bool = False) -> Connection:
         """Connect (or reconnect) a user's shop. Refuses a bad user id, shop domain or token reference
-        (TokenReferenceError, e.g. a token pasted where `env:VAR` belongs) before anything is stored."""
+        (TokenReferenceError, e.g. a token pasted where `env:VAR` belongs) before anything is stored, and
+        a different shop for a connected user unless `replace` (ShopChangeRefusedError says what happens)."""
         from shopify_pipeline.shopify.client import shop_base_url
 
         check_user_id(user_id)
         check_token_ref(token_ref)
-        shop_base_url(shop, self.engine.shopify_settings.allow_local_shops)  # refuse a bad domain now
+        new_base = shop_base_url(shop, self.engine.shopify_settings.allow_local_shops)  # refuse a bad domain now
+        try:
+            old = self.engine.connections.get(user_id)
+        except UnknownUserError:
+            old = None
+        if old is not None and not replace and shop_base_url(old.shop, allow_local=True) != new_base:
+            raise ShopChangeRefusedError(
+                f"user {user_id} is connected to {old.shop}, not {shop}. Connecting another shop resets the "
+                "user's high-water marks and last syncs (the next sync is a full initial one); the old shop's "
+                "records stay in the tables under this user id, beside the new shop's. Run `users add` again with "
+                "--replace to do that, or connect the new shop under a new user id to keep them apart.")
         return self.engine.connections.add(user_id, shop, token_ref)
 
     def list_connections(self) -> list[Connection]:

@@ -5,7 +5,7 @@ import json
 import dagster as dg
 import requests
 
-from shopify_pipeline.defs.assets import pages_key, sync_assets, sync_run_config, table_key
+from shopify_pipeline.defs.assets import pages_key, step_key, sync_assets, sync_run_config, table_key
 from shopify_pipeline.defs.checks import sync_checks
 from shopify_pipeline.settings import DATA_TYPES
 from shopify_pipeline.simulator import FaultConfig, FaultRule
@@ -41,11 +41,15 @@ def test_a_user_partition_fills_dynamodb_exactly(instance, sync_engine, engine, 
     for data_type in DATA_TYPES:
         assert stored(engine, "user-acme", data_type) == source_of_truth(sim, "acme", data_type)
         fetched, loaded = metadata(result, pages_key(data_type)), metadata(result, table_key(data_type))
-        assert fetched["records"] == loaded["records"] == len(sim.records("acme", data_type))
+        count = len(sim.records("acme", data_type))
+        assert fetched["records"] == loaded["records_written_this_run"] == loaded["dagster/row_count"] == count
+        assert fetched["sync_type"] == loaded["sync_type"] == "initial"
+        assert loaded["dagster/table_name"] == engine.settings.tables.records(data_type)
         assert fetched["failed_pages"] == 0 and loaded["failed_batches"] == 0 and loaded["finished"]
         assert "updated_at" in loaded["preview"] and loaded["preview"].count("\n") == 6  # header, rule, 5 rows
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == 9 and all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks]
+    assert len(checks) == 12 and all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks]
+    assert {c.partition for c in checks} == {"user-acme"}
     assert metadata(result, pages_key("orders"))["pages"] >= 7  # 700 orders in 4 slices of 100-record pages
     partitions = instance.get_materialized_partitions(table_key("orders"))
     assert partitions == {"user-acme"}
@@ -58,7 +62,16 @@ def test_a_transient_fault_is_retried_by_the_retry_policy_and_succeeds(instance,
     sim.set_faults("small", FaultConfig(rules=(FaultRule("502", endpoint="products", page=1, times=5),)))
     result = materialize(instance, sync_engine, "user-small", data_types=("products",))
     assert result.success
-    step = pages_key("products").to_python_identifier()
+    step = step_key(pages_key("products"))
+    # The first try's check failed in that very run, with the page; the retry's passed.
+    page_checks = [c for c in result.get_asset_check_evaluations() if c.check_name == "no_failed_pages"]
+    assert [c.passed for c in page_checks] == [False, True]
+    assert page_checks[0].metadata["failed_pages"].value == 1
+    # Each retry and its reason is in the run's event log, not only on stderr.
+    logged = [entry.user_message for entry in instance.all_logs(result.run_id) if entry.step_key == step]
+    retries = [m for m in logged if "Shopify answered 502 for" in m and "; retry " in m]
+    assert retries, logged
+    assert len(retries) <= 3  # rate-limited: at most one line of a kind per 5 s (and a count of the others)
     assert len(step_events(result, step, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 1
     assert len(step_events(result, step, dg.DagsterEventType.STEP_RESTARTED)) == 1
     assert stored(engine, "user-small", "products") == source_of_truth(sim, "small", "products")
@@ -67,7 +80,7 @@ def test_a_transient_fault_is_retried_by_the_retry_policy_and_succeeds(instance,
 def test_a_401_fails_at_once_without_retry_and_says_why(instance, sync_engine, connected):
     result = materialize(instance, sync_engine, "user-badtoken", data_types=("orders",))
     assert not result.success
-    step = pages_key("orders").to_python_identifier()
+    step = step_key(pages_key("orders"))
     assert not step_events(result, step, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     [failure] = step_events(result, step, dg.DagsterEventType.STEP_FAILURE)
     message = failure.step_failure_data.user_failure_data.description
@@ -81,15 +94,22 @@ def test_a_failed_page_fails_the_partition_and_the_rerun_fetches_only_what_is_mi
     sim.set_faults("acme", FaultConfig(rules=(FaultRule("502", endpoint="orders", page=2, times=0),)))
     first = materialize(instance, sync_engine, "user-acme", data_types=("orders",))
     assert not first.success
-    step = pages_key("orders").to_python_identifier()
+    step = step_key(pages_key("orders"))
     assert len(step_events(first, step, dg.DagsterEventType.STEP_RESTARTED)) == 3
     [failure] = step_events(first, step, dg.DagsterEventType.STEP_FAILURE)
     failed = failure.step_failure_data.user_failure_data
+    # The failure is our words, first: the pages and what to do, not "Exceeded max_retries".
+    assert failed.description.startswith("4 page(s) of orders failed after retries (slice 0 page 2: ")
     assert "Materialize this partition again" in failed.description
+    assert failure.step_failure_data.error is None or "max_retries" not in failure.step_failure_data.error.message
+    # Each try reported its failed check in this run, with the failed pages in the metadata.
+    page_checks = [c for c in first.get_asset_check_evaluations() if c.check_name == "no_failed_pages"]
+    assert len(page_checks) == 4 and not any(c.passed for c in page_checks)
+    assert page_checks[-1].metadata["failed_pages"].value == 4 and page_checks[-1].partition == "user-acme"
     last_attempt = {name: value.value for name, value in failed.metadata.items()}
     # The last retry resumed and asked only for the 4 failed pages (4 tries each), fetching nothing new.
     assert last_attempt["resumed"] and last_attempt["failed_pages"] == 4
-    assert last_attempt["pages_this_run"] == 0 and last_attempt["requests"] == 16
+    assert last_attempt["pages_this_run"] == 0 and last_attempt["requests_this_run"] == 16
     staged = last_attempt["pages"]
     assert staged == 4
     assert not instance.get_materialized_partitions(table_key("orders"))
@@ -116,7 +136,7 @@ def test_records_shopify_sent_broken_fail_the_load_once_without_retry(instance, 
         SyncService(engine).add_connection("user-broken", f"{hostile.url}/shops/small", "literal:shpat_small")
         result = materialize(instance, sync_engine, "user-broken", data_types=("orders",), sync_type="initial")
     assert not result.success
-    step = table_key("orders").to_python_identifier()
+    step = step_key(table_key("orders"))
     assert not step_events(result, step, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     [failure] = step_events(result, step, dg.DagsterEventType.STEP_FAILURE)
     failed = failure.step_failure_data.user_failure_data

@@ -24,10 +24,20 @@ def test_definitions_load_with_every_job_schedule_sensor_and_check():
     from shopify_pipeline.definitions import defs
 
     assert {job.name for job in defs.resolve_all_job_defs()} >= {"full_sync", "daily_sync", "retry_failed_batches_job"}
-    assert len(defs.resolve_all_asset_keys()) == 6
-    assert len(list(defs.resolve_asset_graph().asset_check_keys)) == 9
+    graph = defs.resolve_asset_graph()
+    assert {key.to_user_string() for key in defs.resolve_all_asset_keys()} == {
+        f"{prefix}/{name}" for d in ("orders", "products", "customers")
+        for prefix, name in (("shopify", f"{d}_pages"), ("dynamodb", d))}
+    # Per data type: no_failed_pages, no_failed_batches (reported by the assets), the count and freshness checks.
+    assert len(list(graph.asset_check_keys)) == 12
     assert defs.resolve_schedule_def("daily_sync_schedule").job_name == "daily_sync"
     assert defs.resolve_sensor_def("shopify_connections_sensor").job_name == "full_sync"
+    assert defs.resolve_sensor_def("sync_failure_sensor")
+    for key in defs.resolve_all_asset_keys():
+        node = graph.get(key)
+        assert node.owners == ["team:data-platform"] and "python" in node.kinds
+        assert "dagster/code_references" in node.metadata
+    assert graph.get(table_key("orders")).freshness_policy is not None
 
 
 def test_dagster_definitions_validate_passes(tmp_path):
@@ -98,14 +108,14 @@ def test_the_retry_job_writes_saved_failed_batches_and_reports_counts(instance, 
     records = [{"id": n, "name": f"#{n}", "updated_at": "2026-01-01T00:00:00Z"} for n in (1, 2, 3)]
     engine.state.save_failed_batch("user-acme", "manual", "orders", 1, 3, records, "throttled", 5)
     instance.add_dynamic_partitions("shopify_users", ["user-acme"])
-    config = {"ops": {"retry_failed_batches": {"config": {"user_id": "user-acme", "sync_type": "manual",
-                                                         "data_type": "orders"}}}}
-    result = retry_failed_batches_job.execute_in_process(run_config=config, instance=instance,
+    # Partitioned by user; no config: the job finds the data type and the sync type that saved the batch.
+    result = retry_failed_batches_job.execute_in_process(partition_key="user-acme", instance=instance,
                                                          resources={"sync_engine": sync_engine})
     assert result.success
     assert RecordTable(engine.dynamodb, engine.settings, "orders").count("user-acme") == 3
     assert not engine.state.failed_batches("user-acme", "manual", "orders")
-    [observation] = [e.event_specific_data.asset_observation for e in result.all_events
-                     if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION]
+    observations = [e.event_specific_data.asset_observation for e in result.all_events
+                    if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION]
+    [observation] = [o for o in observations if o.asset_key == table_key("orders")]
     assert observation.asset_key == table_key("orders") and observation.partition == "user-acme"
     assert observation.metadata["retried"].value == 1 and observation.metadata["still_failed"].value == 0
