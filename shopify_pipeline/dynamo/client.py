@@ -31,6 +31,8 @@ _THROTTLING = {
     "RequestLimitExceeded",
     "InternalServerError",
     "ServiceUnavailable",
+    # A write to an item that an ongoing transaction holds (the lease item is in every fenced write).
+    "TransactionConflictException",
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -36,6 +37,7 @@ from shopify_pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 _TRANSACT = {"put_item": "Put", "update_item": "Update", "delete_item": "Delete"}
+_CONFLICT_TRIES = 4  # a fenced write cancelled by a conflicting transaction is tried again this often
 
 
 class LeaseHeldError(TransientError):
@@ -65,18 +67,28 @@ class Fence:
 
 
 def new_owner() -> str:
-    """`host:pid:nonce`: unique per engine, and telling whether the holder is a dead process of this host."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    """`host:pid:nonce:pidns`: unique per engine, and telling whether the holder is a dead process of this
+    host (the pid namespace too: containers may share a hostname while their pids are worlds apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}:{_pid_namespace()}"
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "?"
 
 
 def _dead_local_process(owner: str) -> bool:
-    """Whether `owner` was a process of this host that no longer exists (its lease can be taken at once)."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+    """Whether `owner` was a process of this host and pid namespace that no longer exists (its lease can
+    be taken at once). Unknown owners, other hosts and other namespaces: no (wait for the expiry)."""
+    parts = owner.split(":")
+    if len(parts) != 4 or parts[0] != socket.gethostname() or parts[3] in ("?", "") or parts[3] != _pid_namespace():
+        return False
+    if not parts[1].isdigit() or int(parts[1]) == os.getpid():
         return False
     try:
-        os.kill(int(pid_text), 0)
+        os.kill(int(parts[1]), 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # it exists, under another user
@@ -201,21 +213,26 @@ def fenced_write(client, fence: Fence | None, operation: str, **kwargs) -> None:
     check = {"TableName": fence.table, "Key": fence.key, "ConditionExpression": "#tok = :fence",
              "ExpressionAttributeNames": {"#tok": "token"},
              "ExpressionAttributeValues": {":fence": {"S": fence.token}}}
-    try:
-        with translate_errors(table, client.meta.endpoint_url):
-            client.transact_write_items(TransactItems=[{_TRANSACT[operation]: kwargs}, {"ConditionCheck": check}])
-    except DynamoRequestError as error:
-        cause = error.__cause__
-        if not (isinstance(cause, ClientError) and error_code(cause) == "TransactionCanceledException"):
-            raise
-        reasons = [reason.get("Code") for reason in cause.response.get("CancellationReasons", [])]
+    for attempt in range(_CONFLICT_TRIES):
+        try:
+            with translate_errors(table, client.meta.endpoint_url):
+                client.transact_write_items(
+                    TransactItems=[{_TRANSACT[operation]: kwargs}, {"ConditionCheck": check}])
+            return
+        except DynamoRequestError as error:
+            cause = error.__cause__
+            if not (isinstance(cause, ClientError) and error_code(cause) == "TransactionCanceledException"):
+                raise
+            reasons = [reason.get("Code") for reason in cause.response.get("CancellationReasons", [])]
         if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
-            raise fence.lost("a fenced write found another holder or none") from None
+            raise fence.lost("a fenced write found another holder or none")
         if reasons and reasons[0] == "ConditionalCheckFailed":
-            raise ConditionFailedError(f"condition failed on table {table!r}") from None
-        raise FencedWriteCancelledError(
-            f"DynamoDB cancelled a fenced write on {table!r} ({', '.join(map(str, reasons))}); "
-            "running the sync again retries it") from None
+            raise ConditionFailedError(f"condition failed on table {table!r}")
+        if attempt + 1 < _CONFLICT_TRIES:  # e.g. the heartbeat renewing the lease item at that moment
+            time.sleep(random.uniform(0, 0.05 * 2**attempt))
+    raise FencedWriteCancelledError(
+        f"DynamoDB cancelled a fenced write on {table!r} {_CONFLICT_TRIES} times ({', '.join(map(str, reasons))}); "
+        "running the sync again retries it")
 
 
 class HeldLease:
@@ -257,7 +274,9 @@ class HeldLease:
                 self._lost = error
                 log.warning("%s", error)
                 return
-            except TransientError as error:  # DynamoDB's bad moment: the next beat tries again
+            except Exception as error:  # noqa: BLE001 - any other failure: the next beat tries again
+                # (a transaction conflict on the lease item, throttling, a network blip). Only a renewal that
+                # finds another token ends the heartbeat; the writes' fences stay the judge either way.
                 log.warning("could not renew the lease of %s %s: %s", self._user_id, self._data_type, error)
 
     def check(self) -> None:

@@ -2,7 +2,9 @@
 
 Key: `syncKey` = "{user}#{syncType}#{dataType}#{generation}", `page` = slice × 1 000 000 + page number in
 the slice. The generation is new for every planned sync and named by its checkpoint, so a sync that lost
-its lease and wakes up late can only write under its own old generation, which no later sync reads.
+its lease and wakes up late can only write under its own old generation, which no later sync reads. A
+sync that takes over an unfinished one shares its generation, so every staged page, loaded marker and
+drop is also a fenced write (a transaction with a check of the lease's token, see lease.py).
 A page body up to the item limit is stored inline; a larger one goes to the blob store in chunks, under
 a key new for every write (a late writer's chunks can never mix with the current page's).
 That a page was loaded is a tiny marker item under "{syncKey}#loaded" (an update of the page item itself
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from shopify_pipeline.dynamo.client import translate_errors
+from shopify_pipeline.dynamo.lease import Fence, fenced_write
 from shopify_pipeline.dynamo.state import BlobStore
 from shopify_pipeline.settings import STAGED_PAGE_TTL_SECONDS, Settings
 
@@ -58,8 +61,9 @@ class PageStore:
         with translate_errors(self._table, self._client.meta.endpoint_url):
             return getattr(self._client, operation)(TableName=self._table, **kwargs)
 
-    def put(self, key: str, number: int, body: bytes, records: int, url: str) -> None:
-        """Stage the exact bytes Shopify sent for one page (overwrites a page fetched again)."""
+    def put(self, key: str, number: int, body: bytes, records: int, url: str, fence: Fence | None = None) -> None:
+        """Stage the exact bytes Shopify sent for one page (overwrites a page fetched again); with a fence,
+        only while its lease holds (LeaseLostError otherwise, nothing staged)."""
         packed = zlib.compress(body, 6)
         ttl = int(time.time()) + STAGED_PAGE_TTL_SECONDS
         item = {
@@ -73,7 +77,7 @@ class PageStore:
             chunks = self._blobs.put(blob_key, packed, STAGED_PAGE_TTL_SECONDS)
             item["chunks"] = {"N": str(chunks)}
             item["blobKey"] = {"S": blob_key}
-        self._call("put_item", Item=item)
+        fenced_write(self._client, fence, "put_item", TableName=self._table, Item=item)
 
     def _query(self, key: str, low: int = 0, high: int = 2**62) -> Iterator[dict]:
         kwargs = {
@@ -104,18 +108,21 @@ class PageStore:
         item = self._call("get_item", Key=self._key(key, page.number), ConsistentRead=True)["Item"]
         return zlib.decompress(bytes(item["body"]["B"]))
 
-    def mark_loaded(self, key: str, number: int) -> None:
+    def mark_loaded(self, key: str, number: int, fence: Fence | None = None) -> None:
         ttl = int(time.time()) + STAGED_PAGE_TTL_SECONDS
-        self._call("put_item", Item={**self._key(f"{key}#loaded", number), "ttl": {"N": str(ttl)}})
+        fenced_write(self._client, fence, "put_item", TableName=self._table,
+                     Item={**self._key(f"{key}#loaded", number), "ttl": {"N": str(ttl)}})
 
-    def drop(self, key: str, first: int = 0, last: int = 2**62) -> int:
-        """Delete the staged pages numbered first..last of a sync (all by default). Returns how many."""
+    def drop(self, key: str, first: int = 0, last: int = 2**62, fence: Fence | None = None) -> int:
+        """Delete the staged pages numbered first..last of a sync (all by default), each only while `fence`
+        holds its lease when given. Returns how many."""
         pages = [p for p in self.list(key) if first <= p.number <= last]
         for page in pages:
-            if page.chunks:
+            fenced_write(self._client, fence, "delete_item", TableName=self._table, Key=self._key(key, page.number))
+            fenced_write(self._client, fence, "delete_item", TableName=self._table,
+                         Key=self._key(f"{key}#loaded", page.number))
+            if page.chunks:  # after the item that points at them, so a fenced-off drop leaves the page whole
                 self._blobs.delete(self._blob_key(key, page), page.chunks)
-            self._call("delete_item", Key=self._key(key, page.number))
-            self._call("delete_item", Key=self._key(f"{key}#loaded", page.number))
         return len(pages)
 
     @staticmethod

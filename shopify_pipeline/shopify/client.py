@@ -81,6 +81,10 @@ class ShopifyRetry(Retry):
         return delay + random.uniform(0, self.backoff_jitter)
 
 
+class UnexpectedAnswerError(ShopifyTransientError):
+    """Valid JSON of the wrong shape (a count that is not a number, scopes without handles)."""
+
+
 class IncompleteAnswerError(ShopifyTransientError):
     """The headers came but the body did not, whole and in time (urllib3 retries only the earlier phases)."""
 
@@ -410,7 +414,10 @@ class ShopifyClient:
         if resource == "orders":
             query.setdefault("status", "any")
         document, _ = self.get_json(self.api_url(f"{resource}/count.json", query))
-        return int(document["count"])
+        count = document.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise UnexpectedAnswerError(f"Shopify's {resource} count is not a number: {str(count)[:40]!r}")
+        return count
 
     def deletion_events_url(self, resource: str, since: str) -> str:
         """The first page of `destroy` events of `resource` records since `since` (deleted records never
@@ -421,7 +428,11 @@ class ShopifyClient:
     def granted_scopes(self) -> set[str]:
         """The scopes granted to our token (`/admin/oauth/access_scopes.json`)."""
         document, _ = self.get_json(f"{self.base_url}/admin/oauth/access_scopes.json")
-        return {scope["handle"] for scope in document.get("access_scopes", [])}
+        scopes = document.get("access_scopes")
+        if not isinstance(scopes, list) or not all(isinstance(s, dict) and isinstance(s.get("handle"), str)
+                                                   for s in scopes):
+            raise UnexpectedAnswerError("Shopify's access scopes are not a list of {handle: ...} objects")
+        return {scope["handle"] for scope in scopes}
 
 
 def _scope_in(body: str) -> str | None:

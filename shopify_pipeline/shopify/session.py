@@ -27,6 +27,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
 _READ_PIECE = 64 * 1024
+_SMALL_BODY = 4 * 1024 * 1024  # a 250-order page is 1-4 MB
+_LARGE_BODY = threading.Lock()
 
 
 class DeadlineExceeded(Exception):
@@ -51,39 +53,53 @@ class TooLarge(Exception):
         self.declared = declared
 
 
-_attempt = threading.local()  # the connection of the current thread's request attempt
+class _Attempt:
+    """One request attempt on one connection: its watchdog, and whether the deadline cut it."""
+
+    def __init__(self, connection: _DeadlineMixin, seconds: float) -> None:
+        self.connection = connection
+        self.expired = False
+        self.timer = threading.Timer(seconds, connection._expire, args=(self,))
+        self.timer.daemon = True
+
+    def disarm(self) -> None:
+        """End this attempt's watchdog; a no-op for the connection's later attempts (other threads')."""
+        self.timer.cancel()
+        self.connection._end(self)
+
+
+_current = threading.local()  # the attempt of this thread's request in flight (urllib3 runs in the caller)
 
 
 class _DeadlineMixin:
     """Arms a watchdog at the start of every request sent on this connection."""
 
     deadline_seconds: float = 30.0
-    _watchdog: threading.Timer | None = None
+    _attempt: _Attempt | None = None
     _watched_sock: socket.socket | None = None
-    expired: bool = False
 
     def request(self, *args, **kwargs):  # noqa: ANN201 - urllib3's signature
-        previous = getattr(_attempt, "connection", None)
-        if previous is not None and previous is not self:
-            previous.disarm()  # urllib3 retries in this thread: the earlier attempt is over
-        self.disarm()
-        self.expired = False
-        watchdog = threading.Timer(self.deadline_seconds, self._expire)
-        watchdog.args = (watchdog,)
-        watchdog.daemon = True
-        self._watchdog = watchdog
-        watchdog.start()
-        _attempt.connection = self
+        previous = getattr(_current, "attempt", None)
+        if previous is not None:
+            previous.disarm()  # urllib3 retries in this thread: this thread's earlier attempt is over
+        attempt = _Attempt(self, self.deadline_seconds)
+        self._attempt = attempt
+        _current.attempt = attempt
+        attempt.timer.start()
         return super().request(*args, **kwargs)
 
     def connect(self) -> None:
         super().connect()
         self._watched_sock = self.sock
 
-    def _expire(self, watchdog: threading.Timer) -> None:
-        if self._watchdog is not watchdog:
-            return  # disarmed meanwhile: the connection may be serving another request now
-        self.expired = True
+    def _end(self, attempt: _Attempt) -> None:
+        if self._attempt is attempt:
+            self._attempt = None
+
+    def _expire(self, attempt: _Attempt) -> None:
+        if self._attempt is not attempt:
+            return  # that attempt is over: the connection may be serving another thread's request now
+        attempt.expired = True
         # http.client drops `sock` when the answer says "Connection: close" (the response keeps reading
         # from it), so the socket is the one remembered at connect time.
         sock = getattr(self, "sock", None) or self._watched_sock
@@ -91,11 +107,6 @@ class _DeadlineMixin:
             with contextlib.suppress(OSError):
                 # The plain socket's shutdown: it wakes a read blocked in another thread, TLS or not.
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    def disarm(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
 
 
 class _DeadlineHTTPConnection(_DeadlineMixin, HTTPConnection):
@@ -160,7 +171,7 @@ class ShopSession:
         Raises DeadlineExceeded, TooLarge, IncompleteBody, or requests' RequestException for failures before
         the headers (after urllib3's retries).
         """
-        _attempt.connection = None
+        _current.attempt = None
         connect = min(10.0, self.deadline_seconds)
         try:
             # The adapter directly: requests' redirect machinery would read a redirect's body, uncapped.
@@ -169,6 +180,7 @@ class ShopSession:
                                                            timeout=(connect, self.deadline_seconds))
         except requests.RequestException:
             self._raise_if_expired(in_body=False)
+            self._disarm()
             raise
         try:
             retries = len(getattr(getattr(response.raw, "retries", None), "history", ()) or ())
@@ -180,22 +192,34 @@ class ShopSession:
             raise IncompleteBody(type(error).__name__) from None
         finally:
             response.close()
-            connection = getattr(_attempt, "connection", None)
-            if connection is not None:
-                connection.disarm()
+            self._disarm()
+
+    @staticmethod
+    def _disarm() -> None:
+        attempt = getattr(_current, "attempt", None)
+        if attempt is not None:
+            attempt.disarm()
+            _current.attempt = None
 
     def _read(self, response: requests.Response) -> bytes:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise TooLarge(int(declared), declared=True)
         body = bytearray()
-        for piece in response.iter_content(_READ_PIECE):
-            body += piece
-            if len(body) > self.max_bytes:
-                raise TooLarge(len(body), declared=False)
-        return bytes(body)
+        with contextlib.ExitStack() as stack:
+            holding = False
+            for piece in response.iter_content(_READ_PIECE):
+                body += piece
+                if len(body) > self.max_bytes:
+                    raise TooLarge(len(body), declared=False)
+                if len(body) > _SMALL_BODY and not holding:
+                    # Slices read in parallel: past a normal page's size, one body at a time per process,
+                    # so that several answers near the cap never sit in memory together.
+                    stack.enter_context(_LARGE_BODY)
+                    holding = True
+            return bytes(body)
 
     def _raise_if_expired(self, in_body: bool) -> None:
-        connection = getattr(_attempt, "connection", None)
-        if connection is not None and connection.expired:
+        attempt = getattr(_current, "attempt", None)
+        if attempt is not None and attempt.expired:
             raise DeadlineExceeded(self.deadline_seconds, in_body) from None

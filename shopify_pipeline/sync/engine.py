@@ -50,6 +50,18 @@ Progress = Callable[[str], None]
 DELETIONS_SLICE = 999  # staged pages of destroy events live in this slice, after the record slices
 
 
+class UnexpectedError(PermanentError):
+    """An exception none of our types describe; permanent, so an orchestrator does not retry a bug."""
+
+    reason = "unexpected"
+
+    @classmethod
+    def of(cls, error: Exception, stage: str, user_id: str, data_type: str) -> UnexpectedError:
+        return cls(f"an unexpected {type(error).__name__} in the {stage} of {data_type} for user {user_id}: "
+                   f"{str(error)[:300]}. The checkpoint is kept, so nothing fetched is lost; please report this with "
+                   "the log, then run the sync again.")
+
+
 @dataclass(frozen=True)
 class SyncOptions:
     """How a sync plans its work."""
@@ -172,6 +184,10 @@ class SyncEngine:
             except (PermanentError, TransientError) as error:
                 self._fail(user_id, sync_type, data_type, "fetch", error, lease)
                 raise
+            except Exception as error:  # a bug or an answer we never imagined: recorded, never retried blindly
+                unexpected = UnexpectedError.of(error, "fetch", user_id, data_type)
+                self._fail(user_id, sync_type, data_type, "fetch", unexpected, lease)
+                raise unexpected from error
             finally:
                 if client is not None:
                     client.close()
@@ -233,8 +249,7 @@ class SyncEngine:
                 except InvalidCursorError:
                     log.warning("slice %s: Shopify refused its cursor; restarting the slice", piece["i"])
                     # Its pages are fetched anew; older ones must not be loaded after them.
-                    lease.check()
-                    self.pages.drop(key, page_number(piece["i"], 0), page_number(piece["i"] + 1, 0) - 1)
+                    self.pages.drop(key, page_number(piece["i"], 0), page_number(piece["i"] + 1, 0) - 1, fence)
                     with lock:
                         state["pages"] -= piece["pages"]
                         state["records"] -= piece["records"]
@@ -261,8 +276,7 @@ class SyncEngine:
                     return
                 number = page_number(piece["i"], piece["pages"] + 1)
                 problems = record_problems(data_type, page.records, page=number)
-                lease.check()  # a staged page is not fenced by a transaction: confirm the lease right before
-                self.pages.put(key, number, page.body, len(page.records), page.url)
+                self.pages.put(key, number, page.body, len(page.records), page.url, fence)
                 save(piece, len(page.records), page.next_url, problems)
 
         with ThreadPoolExecutor(max(1, min(len(work), self.options.slices)), thread_name_prefix="fetch") as pool:
@@ -322,9 +336,8 @@ class SyncEngine:
                 raise ShopifyTransientError(
                     f"Shopify's next link of the {data_type} deletion events points back to a page already "
                     "fetched (a cursor loop); run the sync again.")
-            lease.check()
             self.pages.put(key, page_number(DELETIONS_SLICE, deletes["pages"] + 1), page.body, len(page.records),
-                           page.url)
+                           page.url, lease.fence)
             deletes.update(next=_path(page.next_url), done=page.next_url is None, pages=deletes["pages"] + 1)
             checkpoint = self.state.save_checkpoint(
                 Checkpoint(checkpoint.user_id, checkpoint.sync_type, checkpoint.data_type, state, checkpoint.version),
@@ -360,9 +373,10 @@ class SyncEngine:
             return [(None, None)]
         oldest = client.fetch_page(data_type, client.first_page_url(
             data_type, {"limit": 1, "order": "created_at asc", "fields": "id,created_at"})).records
-        if not oldest:
-            return [(None, None)]
-        low = datetime.fromisoformat(oldest[0]["created_at"]).astimezone(timezone.utc).replace(microsecond=0)
+        try:
+            low = datetime.fromisoformat(oldest[0]["created_at"]).astimezone(timezone.utc).replace(microsecond=0)
+        except (IndexError, KeyError, TypeError, ValueError, OverflowError, AttributeError):
+            return [(None, None)]  # no usable oldest record: one slice reads everything just the same
         span = (datetime.now(timezone.utc) - low) / self.options.slices
         bounds = [low + span * i for i in range(self.options.slices)]
         # created_at_min/max are inclusive and to the second: each slice ends a second before the next.
@@ -394,6 +408,10 @@ class SyncEngine:
             except (PermanentError, TransientError) as error:
                 self._fail(user_id, sync_type, data_type, "load", error, lease)
                 raise
+            except Exception as error:  # a bug or an answer we never imagined: recorded, never retried blindly
+                unexpected = UnexpectedError.of(error, "load", user_id, data_type)
+                self._fail(user_id, sync_type, data_type, "load", unexpected, lease)
+                raise unexpected from error
         result.seconds = time.monotonic() - started
         return result
 
@@ -423,9 +441,9 @@ class SyncEngine:
             lease.check()
             if deletions:
                 events = parse_json(self.pages.body(key, page))["events"]
-                deleted = [e.get("subject_id") for e in events if e.get("verb") == "destroy"]
+                deleted = [e.get("subject_id") for e in events if isinstance(e, dict) and e.get("verb") == "destroy"]
                 result.deleted += self.writer.delete_records(user_id, data_type, [i for i in deleted if _is_id(i)])
-                self.pages.mark_loaded(key, page.number)
+                self.pages.mark_loaded(key, page.number, fence)
                 continue
             records = parse_json(self.pages.body(key, page))[data_type]
             bad = {problem["index"] for problem in record_problems(data_type, records, page=page.number)}
@@ -437,7 +455,7 @@ class SyncEngine:
                                              batch.records, batch.error, batch.attempts, fence)
                 result.failed_batches.append({"range": batch.range, "count": len(batch.records),
                                               "error": batch.error})
-            self.pages.mark_loaded(key, page.number)
+            self.pages.mark_loaded(key, page.number, fence)
             result.pages += 1
             result.records_written += report.written
             if len(result.preview) < 5:
@@ -449,7 +467,10 @@ class SyncEngine:
         still_failed = self.state.failed_batches(user_id, sync_type, data_type)
         result.still_failed = [batch["range"] for batch in still_failed]
         if state.get("bad_records"):
-            raise BadRecordError(bad_records_message(data_type, state))
+            failed_pages = [p for p in state["slices"] if p.get("failed")]
+            also = f" Also: {_failure_message(data_type, failed_pages, still_failed, sync_type, user_id)}." if (
+                failed_pages or still_failed) else ""
+            raise BadRecordError(bad_records_message(data_type, state) + also)
         result.finished = state.get("fetch_done", False) and not still_failed
         if result.finished:
             self._finish(user_id, sync_type, data_type, state, key, fence)

@@ -7,8 +7,7 @@ permanent data error naming the page, the record's position on it and the field.
 
 from __future__ import annotations
 
-from datetime import datetime
-
+from shopify_pipeline.dynamo.codec import to_utc
 from shopify_pipeline.errors import PermanentError
 
 MAX_REPORTED = 20  # the checkpoint keeps this many problems (and the count of all): it must stay small
@@ -50,9 +49,9 @@ def _problem(record: object) -> tuple[str, str] | None:
         if not isinstance(value, str):
             return field, f"is not a timestamp string ({type(value).__name__})"
         try:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return field, "is not an ISO-8601 timestamp"
+            to_utc(value)  # exactly what the codec will do with it
+        except (ValueError, OverflowError):
+            return field, "is not an ISO-8601 timestamp that converts to UTC"
     return None
 
 

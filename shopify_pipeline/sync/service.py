@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from shopify_pipeline.dynamo.connections import Connection, UnknownUserError, check_user_id
-from shopify_pipeline.dynamo.state import CheckpointError
+from shopify_pipeline.dynamo.state import CheckpointError, LeaseHeldError
 from shopify_pipeline.errors import PermanentError, PipelineError, TransientError
 from shopify_pipeline.settings import AUTO, DATA_TYPES, SYNC_TYPES, Settings, ShopifySettings
 from shopify_pipeline.sync.engine import FetchResult, Progress, RetryResult, SyncEngine, SyncOptions
@@ -217,6 +217,11 @@ class SyncService:
         cleared = []
         for name in [data_type] if data_type else DATA_TYPES:
             if self.engine.state.has_checkpoint(user_id, sync_type, name):
+                if self.engine.state.leases.is_live(user_id, name):
+                    raise LeaseHeldError(
+                        f"a sync of {name} for user {user_id} is running (it holds the lease): clearing its "
+                        "checkpoint now would pull its staged pages from under it. Wait for it to end, or stop it "
+                        f"and break its lease with `shopify-pipeline clear --user {user_id} --release-lease` first.")
                 try:
                     key = self.engine.staging_key(user_id, sync_type, name)
                 except CheckpointError:

@@ -12,7 +12,9 @@ import re
 from shopify_pipeline.errors import PermanentError
 
 SCHEMES = ("env", "secretsmanager", "literal")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Upper case only: a pasted token (mixed or lower case) is refused here instead of echoed later as
+# "the environment variable … is not set".
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # shpat_, shpca_, shppa_, shpss_ …: Shopify's access-token prefixes.
 _SHOPIFY_TOKEN = re.compile(r"^shp[a-z]{2}_")
 _ACCEPTED = (
@@ -54,8 +56,8 @@ def check_token_ref(reference: str) -> str:
         )
     if kind == "env" and not _ENV_NAME.match(value):
         raise TokenReferenceError(
-            "the token reference env:… does not name an environment variable (letters, digits and _, not "
-            f"starting with a digit; the value is not shown): {_ACCEPTED}"
+            "the token reference env:… does not name an environment variable (UPPER_CASE letters, digits and _, "
+            f"not starting with a digit; the value is not shown): {_ACCEPTED}"
         )
     if kind == "secretsmanager" and not _is_token_shaped(value):
         raise TokenReferenceError(

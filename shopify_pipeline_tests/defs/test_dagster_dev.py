@@ -140,15 +140,7 @@ def test_a_run_launched_through_graphql_succeeds_and_its_metadata_is_readable(da
         tags={"dagster/partition": "user-small", "shopify/user": "user-small"},
     )
 
-    def finished():
-        try:
-            status = client.get_run_status(run_id)
-        except DagsterGraphQLClientError:
-            return None
-        return status if status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
-                                    dg.DagsterRunStatus.CANCELED) else None
-
-    assert wait_for(finished, 120, "the run to finish") == dg.DagsterRunStatus.SUCCESS
+    assert wait_for(lambda: _run_finished(client, run_id), 120, "the run to finish") == dg.DagsterRunStatus.SUCCESS
 
     run = graphql(port, MATERIALIZATIONS, {"runId": run_id})["runOrError"]
     assert run["status"] == "SUCCESS"
@@ -167,16 +159,9 @@ def test_the_asset_graph_shows_in_a_headless_browser(dagster_dev, tmp_path):
     port = dagster_dev
     if not os.path.exists(CHROMIUM):
         pytest.skip("install Debian's chromium to run this: apt-get install -y chromium chromium-driver")
-    graphql(port, "mutation { setNuxSeen }")  # the first-visit community dialog would cover the graph
     screenshot = tmp_path / "asset_graph.png"
-    subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'chromium'}", f"--screenshot={screenshot}", "--window-size=1400,900",
-         "--virtual-time-budget=15000", f"http://127.0.0.1:{port}/asset-groups/"],
-        capture_output=True, timeout=90, check=True,
-    )
-    assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 50_000
+    _screenshot(port, "/asset-groups/", screenshot, tmp_path / "chromium")
+    assert screenshot.stat().st_size > 50_000
     kept = os.environ.get("SHOPIFY_PIPELINE_SCREENSHOT")
     if kept:  # where to keep the picture for a person to look at
         shutil.copy(screenshot, kept)
@@ -220,8 +205,10 @@ def _events(run_id: str, kind: dg.DagsterEventType) -> list:
 
 
 def _screenshot(port: int, path: str, picture: Path, profile: Path) -> None:
+    """A headless-Chromium picture of a UI page (nothing without Chromium: the browser test says so)."""
     if not os.path.exists(CHROMIUM):
         return
+    graphql(port, "mutation { setNuxSeen }")  # the first-visit community dialog would cover the page
     subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

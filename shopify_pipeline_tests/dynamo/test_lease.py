@@ -32,11 +32,16 @@ def test_a_second_holder_is_refused_until_expiry_and_the_refusal_names_the_fix(l
 def test_a_lease_of_a_dead_process_of_this_host_is_taken_at_once(leases):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # that process has exited: its pid names no process (pids are not reused this fast)
-    host_owner = new_owner().split(":")[0]
-    leases.acquire("u1", "orders", f"{host_owner}:{pid}:abcdef", seconds=600)
-    leases.acquire("u1", "orders", new_owner(), seconds=60)  # no wait, no operator
+    host, _, _, namespace = new_owner().split(":")
+    leases.acquire("u1", "orders", f"{host}:{pid}:abcdef:{namespace}", seconds=600)
+    mine = new_owner()
+    leases.acquire("u1", "orders", mine, seconds=60)  # no wait, no operator
     with pytest.raises(LeaseHeldError):  # a live process keeps its lease
-        leases.acquire("u1", "orders", f"{host_owner}:{pid}:other1", seconds=60)
+        leases.acquire("u1", "orders", f"{host}:{pid}:other1:{namespace}", seconds=60)
+    # The same pid in another pid namespace (a container sharing the hostname) is not known to be dead.
+    leases.acquire("u1", "customers", f"{host}:{pid}:abcdef:{namespace}0", seconds=600)
+    with pytest.raises(LeaseHeldError):
+        leases.acquire("u1", "customers", mine, seconds=60)
 
 
 def test_fenced_writes_fail_once_another_holder_took_over(client, settings, leases):

@@ -48,7 +48,9 @@ ORDERS = "/orders.json"
 @pytest.fixture(scope="module")
 def sim():
     shops = [ShopConfig("prey", TOKEN, orders=120, products=6, customers=8, seed=41, plan="plus"),
-             ShopConfig("tiny", TOKEN, orders=12, products=2, customers=2, seed=42, plan="plus")]
+             ShopConfig("tiny", TOKEN, orders=12, products=2, customers=2, seed=42, plan="plus"),
+             # Over the 1 000 orders a full sync splits into 4 slices: four pages read at once.
+             ShopConfig("big", TOKEN, orders=1500, products=2, customers=2, seed=43, plan="plus")]
     with Simulator(shops, time_scale=10) as running:
         yield running
 
@@ -308,8 +310,9 @@ def _peak_rss_mb(command: list[str], env: dict[str, str]) -> tuple[float, str]:
 @pytest.mark.parametrize("huge", [Huge(200 * 2**20, content_length=False), Huge(200 * 2**20),
                                   Huge(200 * 2**20, gzip=True)], ids=["chunked", "declared", "gzip-bomb"])
 def test_a_200_mb_answer_fails_its_page_and_peak_memory_stays_near_a_normal_sync(settings, sim, hostile, huge):
-    _service(settings, hostile)
-    env = _cli_env(settings, SHOPIFY_PAGE_SIZE="50")
+    """Every listing page of a 1 500-order shop (4 slices fetched in parallel) answers 200 MB."""
+    _service(settings, hostile, shop="big")
+    env = _cli_env(settings, SHOPIFY_PAGE_SIZE="250")
     normal_mb, output = _peak_rss_mb([*SYNC_ORDERS, "--json"], env)
     assert '"success": true' in output, output
     hostile.script(rule_for(ORDERS, huge, times=None))
@@ -333,3 +336,97 @@ def test_a_redirect_is_a_permanent_error_of_the_client(hostile, elsewhere):
     with pytest.raises(RedirectRefusedError, match="would send the access token elsewhere"):
         client.count("orders")
     assert elsewhere.seen == []
+
+
+def test_a_page_put_delayed_past_a_lease_takeover_is_refused(settings, sim, hostile):
+    """Found by review: a sync that takes over resumes the same checkpoint, so the same page generation. A's
+    put of page 2, delayed after A read it (a VM pause, a PutItem stuck in retries), must not replace the page
+    B staged after two orders of page 2 were deleted: staged pages are fenced writes."""
+    shopify = dataclasses.replace(FAST_SHOPIFY, page_size=50)
+    a = SyncEngine(settings, shopify, SyncOptions(slices=1))
+    b = SyncEngine(settings, shopify, SyncOptions(slices=1))
+    SyncService(a).add_connection("victim", f"{hostile.url}/shops/prey", f"literal:{TOKEN}")
+    at_put, go = threading.Event(), threading.Event()
+    real_put = a.pages.put
+
+    def delayed_put(key, number, body, records, url, fence=None):
+        if number == 2:
+            at_put.set()
+            go.wait(60)
+        return real_put(key, number, body, records, url, fence)
+
+    a.pages.put = delayed_put  # a seam: the delay between reading a page and staging it
+    outcome = {}
+    sync_a = threading.Thread(target=lambda: outcome.update(a=_error_of(a.fetch, "victim", "initial", "orders")))
+    sync_a.start()
+    assert at_put.wait(60)
+    a.state.break_lease("victim", "orders")  # an operator, while A is stalled
+    second_page = sorted(sim.record_versions("prey", "orders"))[50:100]
+    sim.delete_records("prey", "orders", ids=second_page[:2])
+    taken_over = b.fetch("victim", "initial", "orders")  # resumes A's checkpoint: the same generation
+    assert taken_over.resumed and taken_over.complete
+    go.set()
+    sync_a.join(60)
+    assert outcome["a"] == "LeaseLostError"
+    assert b.load("victim", "initial", "orders").finished
+    service = SyncService(b)
+    assert stored(service, "victim", "orders") == source_of_truth(sim, "prey", "orders")
+
+
+def _error_of(call, *args) -> str | None:
+    try:
+        call(*args)
+    except Exception as error:  # noqa: BLE001 - the test reports which error ended the call
+        return type(error).__name__
+    return None
+
+
+def test_a_timestamp_that_cannot_be_converted_to_utc_is_a_reported_bad_record(settings, sim, hostile):
+    page = requests.get(f"{sim.shop_url('tiny')}/admin/api/2025-10/orders.json?limit=250&status=any",
+                        headers={"X-Shopify-Access-Token": TOKEN}, timeout=10).json()
+    page["orders"][0]["updated_at"] = "0001-01-01T00:00:00+05:00"  # parses, but is before year 1 in UTC
+    hostile.script(rule_for(ORDERS, Respond(200, json.dumps(page).encode()), times=None))
+    service = _service(settings, hostile, shop="tiny")
+    result = service.initial_sync("victim", ("orders",))
+    assert not result.success and "record 1: `updated_at` is not an ISO-8601 timestamp" in (
+        result.data_types["orders"].error)
+    assert len(stored(service, "victim", "orders")) == len(page["orders"]) - 1
+    assert service.get_sync_status("victim")["dataTypes"]["orders"]["error"]["reason"] == "bad_record"
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/orders/count.json", b'{"count": "many"}'),
+    ("/access_scopes.json", b'{"access_scopes": ["read_orders"]}'),
+])
+def test_json_of_the_wrong_shape_is_a_typed_failure_with_a_status(settings, hostile, path, body):
+    hostile.script(rule_for(path, Respond(200, body), times=None))
+    service = _service(settings, hostile, slices=4, min_records_to_slice=10)
+    result = service.initial_sync("victim", ("orders",))
+    assert not result.success
+    status = service.get_sync_status("victim")["dataTypes"]["orders"]
+    assert status["status"] == "failed" and not status["stuck"]
+    assert "not" in status["message"]  # "is not a number" / "are not a list of …"
+
+
+def test_one_threads_retry_never_cancels_another_threads_deadline():
+    """Found by review: thread A's 500 returns its keep-alive connection to the pool, thread B takes it for a
+    trickled answer, then A's retry must not disarm B's watchdog."""
+    with HostileServer() as server:
+        server.script(chain(
+            rule_for("slow", Trickle(body=b" " * 400, interval=0.5), times=None),
+            rule_for("err", Respond(500, b'{"errors":"boom"}'), times=1),
+            lambda seen: Respond(200, b'{"orders":[]}'),
+        ))
+        shopify = dataclasses.replace(FAST_SHOPIFY, timeout_seconds=2.0, retries=2, backoff_seconds=1.0)
+        client = ShopifyClient(server.url, TOKEN, shopify)
+        outcome = {}
+
+        def slow_reader():
+            time.sleep(0.3)  # after A's 500, while A sleeps its backoff
+            outcome["b"] = _error_of(client.get, client.api_url("orders.json", {"slow": 1}))
+
+        reader = threading.Thread(target=slow_reader)
+        reader.start()
+        client.get(client.api_url("orders.json", {"err": 1}))  # 500, then 200 after a 1 s backoff
+        reader.join(60)  # 400 bytes at 0.5 s each would take 200 s: only the deadline ends it
+        assert outcome["b"] == "IncompleteAnswerError"
