@@ -286,3 +286,27 @@ def test_a_failed_daily_run_is_recovered_by_a_backfill_without_config(dagster_de
     assert {"no_failed_pages", "no_failed_batches"} <= {c.check_name for c in recovered}
     assert all(c.passed for c in recovered), [(c.check_name, c.metadata) for c in recovered if not c.passed]
     _screenshot(port, "/asset-groups/", tmp_path / "2_after_recovery_backfill.png", tmp_path / "chromium")
+
+
+def test_a_revoked_user_fails_alone_and_leaves_the_other_users_checks_green(dagster_dev, dev_settings, sim,
+                                                                             tmp_path):
+    port = dagster_dev
+    client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+    with dg.DagsterInstance.from_config(os.environ["SHOPIFY_PIPELINE_TEST_DAGSTER_HOME"]) as instance:
+        instance.add_dynamic_partitions("shopify_users", ["user-revoked"])  # before the sensor sees it
+    service = SyncService(SyncEngine(dev_settings, ShopifySettings(allow_local_shops=True)))
+    service.add_connection("user-revoked", sim.shop_url("small"), "literal:shpat_revoked")
+    run = client.submit_job_execution("full_sync", run_config=sync_run_config("auto"),
+                                      tags={"dagster/partition": "user-revoked", "shopify/user": "user-revoked"})
+    assert wait_for(lambda: _run_finished(client, run), 120, "the revoked user's run") == dg.DagsterRunStatus.FAILURE
+    failures = _events(run, dg.DagsterEventType.STEP_FAILURE)
+    assert failures and all(not f.step_failure_data.user_failure_data or
+                            f.step_failure_data.user_failure_data.metadata["reason"].value == "invalid_token"
+                            for f in failures)
+    assert not _events(run, dg.DagsterEventType.STEP_UP_FOR_RETRY)  # a 401 is not retried
+    # The checks are per user: the revoked user's run evaluated none, so no other user's result changed.
+    assert not [e for e in _events(run, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+                if e.event_specific_data.partition != "user-revoked"]
+    _screenshot(port, "/asset-groups/", tmp_path / "3_one_user_revoked.png", tmp_path / "chromium")
+    _screenshot(port, "/assets/shopify/orders_pages?view=checks", tmp_path / "4_orders_pages_checks.png",
+                tmp_path / "chromium")
