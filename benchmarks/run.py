@@ -16,6 +16,7 @@ BENCHMARKS = {
     "p5": ("benchmarks.p5_memory", "peak RSS of a sync of 10k vs 100k orders"),
     "p6": ("benchmarks.p6_daily", "requests of a daily sync for 0/10/249/1000 changed orders"),
     "dagster": ("benchmarks.dagster_overhead", "one materialized partition vs the engine alone"),
+    "fencing": ("benchmarks.fencing", "a staged page put, plain vs fenced by the lease (time, write units)"),
 }
 
 
