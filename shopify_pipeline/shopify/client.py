@@ -99,7 +99,8 @@ def retry_policy(settings: ShopifySettings) -> ShopifyRetry:
         backoff_max=settings.backoff_cap_seconds,
         backoff_jitter=settings.backoff_seconds * 0.25,
         status_forcelist=(430, 500, 502, 503, 504),
-        allowed_methods=frozenset({"GET"}),
+        # POST is GraphQL: the sync sends only queries, which are reads and safe to send again.
+        allowed_methods=frozenset({"GET", "POST"}),
         raise_on_status=False,
         respect_retry_after_header=True,
         retry_after_max=settings.retry_after_cap_seconds,
@@ -255,14 +256,20 @@ class ShopifyClient:
 
     def get(self, url: str) -> Answer:
         """GET `url` of this shop: paced, retried, 429s waited out. Returns a 2xx answer or raises."""
+        return self.request("GET", url)
+
+    def request(self, method: str, url: str, json_body: dict | None = None, paced: bool = True) -> Answer:
+        """`method` `url` of this shop: retried, 429s waited out, paced by the REST bucket unless `paced` is
+        False (GraphQL has its own, by cost). Returns a 2xx answer or raises a typed error."""
         self._check_same_shop(url)
         for _ in range(self.settings.max_throttle_waits + 1):
-            paced = self.pacer.acquire()
-            self.stats.add(pace_wait_seconds=paced)
-            if paced >= 1:
-                log.info("pacing: waited %.1f s for room in %s's rate-limit bucket", paced, self.base_url)
+            if paced:
+                waited = self.pacer.acquire()
+                self.stats.add(pace_wait_seconds=waited)
+                if waited >= 1:
+                    log.info("pacing: waited %.1f s for room in %s's rate-limit bucket", waited, self.base_url)
             try:
-                response = self._session.get(url)
+                response = self._session.send(method, url, json_body)
             except DeadlineExceeded as error:
                 self.stats.add(requests=1)
                 kind = IncompleteAnswerError if error.in_body else ShopifyTransientError
@@ -285,13 +292,15 @@ class ShopifyClient:
                     f"{type(error).__name__} talking to {self._where(url)} after {self.settings.retries} retries"
                 ) from None  # the chained exception would carry the request and its headers
             self.stats.add(requests=1 + response.retries, retries=response.retries)
-            self.pacer.observe(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
+            if paced:
+                self.pacer.observe(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
             if response.status_code != 429:
                 return self._checked(response, url)
             wait = retry_after_seconds(response.headers.get("Retry-After"), default=2.0,
                                        cap=self.settings.retry_after_cap_seconds)
             log.info("rate limited by Shopify (429) on %s: waiting %.1f s", self._where(url), wait)
-            self.pacer.throttled(wait)
+            if paced:
+                self.pacer.throttled(wait)
             self.stats.add(throttled=1, throttle_wait_seconds=wait)
             self._sleep(wait)
         raise ShopifyTransientError(
@@ -347,12 +356,18 @@ class ShopifyClient:
 
     def get_json(self, url: str) -> tuple[dict, Answer]:
         """GET and parse JSON (exact ints, Decimal fractions); malformed or incomplete bodies are retried."""
+        return self.request_json("GET", url)
+
+    def request_json(self, method: str, url: str, json_body: dict | None = None,
+                     paced: bool = True) -> tuple[dict, Answer]:
+        """`request` and parse a JSON object (exact ints, Decimal fractions); malformed or incomplete bodies
+        are retried with backoff."""
         for attempt in range(self.settings.retries + 1):
             if attempt:
                 self.stats.add(retries=1)
                 self._sleep(self._backoff(attempt))
             try:
-                response = self.get(url)
+                response = self.request(method, url, json_body, paced)
             except IncompleteAnswerError as error:
                 if attempt == self.settings.retries:
                     raise

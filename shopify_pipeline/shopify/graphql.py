@@ -1,0 +1,185 @@
+"""Shopify's GraphQL Admin API for one shop: queries paced by cost, THROTTLED waited out, errors typed,
+connections paged to the end (nested ones included).
+
+The HTTP side (deadline, no redirects, size cap, retries of 5xx and resets, 429s, status codes, the token
+staying with the shop) is the `ShopifyClient`'s. This adds what GraphQL changes: one endpoint; a bucket of
+cost points instead of requests; errors inside a 200 answer, never accepted silently (partial data with
+errors is an error); and connections, whose nested connections (an order's line items, a product's
+variants) are paged separately so that nothing is ever cut off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from shopify_pipeline.shopify.client import ShopifyClient, UnexpectedAnswerError
+from shopify_pipeline.shopify.cost_pacer import CostPacer, CostReading
+from shopify_pipeline.shopify.errors import (
+    BadRequestError,
+    MissingScopeError,
+    ShopifyTransientError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class PartialDataError(ShopifyTransientError):
+    """Shopify answered with data *and* errors: part of the answer is missing, so none of it is used."""
+
+
+class QueryTooCostlyError(BadRequestError):
+    """A query above Shopify's single-query maximum cost (ours to fix: ask for fewer items)."""
+
+    reason = "query_too_costly"
+
+
+@dataclass
+class GraphQLAnswer:
+    """One answered query: its data, its cost reading, and the API version that answered."""
+
+    data: dict
+    cost: CostReading | None
+    api_version: str | None
+
+
+class CostPacers:
+    """One CostPacer per shop, shared by every GraphQL client of this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pacers: dict[str, CostPacer] = {}
+
+    def for_shop(self, shop: str) -> CostPacer:
+        with self._lock:
+            return self._pacers.setdefault(shop, CostPacer())
+
+
+COST_PACERS = CostPacers()
+
+
+class GraphQLClient:
+    """Queries one shop's GraphQL Admin API through a ShopifyClient (same session, deadline and rules)."""
+
+    def __init__(self, client: ShopifyClient, pacer: CostPacer | None = None) -> None:
+        self.client = client
+        self.pacer = pacer or COST_PACERS.for_shop(client.base_url)
+        self.url = client.api_url("graphql.json")
+        self.answered_version: str | None = None
+        self._requested: dict[tuple[str, int | None], float] = {}  # (query, first) -> last requested cost
+
+    def execute(self, query: str, variables: dict | None = None) -> GraphQLAnswer:
+        """Run one query. Waits for its cost to be available first, and again after a THROTTLED answer (which
+        does not use up error retries). Raises a typed ShopifyError for every other error."""
+        variables = variables or {}
+        key = (query, variables.get("first"))
+        settings = self.client.settings
+        for _ in range(settings.max_throttle_waits + 1):
+            # Until an answer says what this query costs, assume the bucket's worth: never more than that.
+            requested = self._requested.get(key, min(self.pacer.maximum, 1000.0))
+            waited = self.pacer.acquire(requested)
+            self.client.stats.add(pace_wait_seconds=waited)
+            document, answer = self.client.request_json("POST", self.url, {"query": query, "variables": variables},
+                                                        paced=False)
+            self._note_version(answer.headers.get("X-Shopify-API-Version"))
+            reading = CostReading.of(document.get("extensions"))
+            errors = document.get("errors") or []
+            if _has_code(errors, "THROTTLED"):
+                if reading is not None and reading.requested:
+                    self._requested[key] = reading.requested
+                # The pacer now holds Shopify's count: the next acquire waits just long enough.
+                wait = self.pacer.throttled(reading, self._requested.get(key, requested))
+                log.info("GraphQL query throttled by Shopify (cost %s): waiting %.1f s",
+                         reading.requested if reading else "?", wait)
+                self.client.stats.add(throttled=1, throttle_wait_seconds=wait)
+                continue
+            self.pacer.observe(reading)
+            if reading is not None and reading.requested:
+                self._requested[key] = reading.requested
+            if errors:
+                raise _typed_error(errors, document.get("data"), self.client.base_url)
+            data = document.get("data")
+            if not isinstance(data, dict):
+                raise UnexpectedAnswerError("Shopify's GraphQL answer has neither data nor errors")
+            return GraphQLAnswer(data, reading, answer.headers.get("X-Shopify-API-Version"))
+        raise ShopifyTransientError(
+            f"Shopify kept answering THROTTLED after {settings.max_throttle_waits} waits", 429)
+
+    def _note_version(self, version: str | None) -> None:
+        asked = self.client.settings.api_version
+        if version and version != asked and self.answered_version != version:
+            log.warning("Shopify answered with API version %s, not %s: %s is no longer supported and falls "
+                        "forward; move SHOPIFY_API_VERSION to a supported version", version, asked, asked)
+        if version:
+            self.answered_version = version
+
+    def connection_pages(self, query: str, root: str, variables: dict | None = None,
+                         first: int = 50, after: str | None = None) -> Iterator[tuple[list[dict], dict]]:
+        """Every page of the connection `root` of `query` (which takes `$first` and `$after`), as
+        (nodes, pageInfo). Stops when `hasNextPage` is false; a cursor that repeats is an error."""
+        seen: set[str] = set()
+        while True:
+            answer = self.execute(query, {**(variables or {}), "first": first, "after": after})
+            connection = answer.data.get(root)
+            if not isinstance(connection, dict) or not isinstance(connection.get("pageInfo"), dict):
+                raise UnexpectedAnswerError(f"Shopify's answer has no {root} connection with a pageInfo")
+            nodes = connection.get("nodes")
+            if nodes is None:
+                nodes = [edge.get("node") for edge in connection.get("edges") or []]
+            page_info = connection["pageInfo"]
+            yield nodes, page_info
+            if not page_info.get("hasNextPage"):
+                return
+            after = page_info.get("endCursor")
+            if not after or after in seen:
+                raise UnexpectedAnswerError(f"Shopify's {root} cursor repeats or is missing (a cursor loop)")
+            seen.add(after)
+
+    def complete_nested(self, nodes: list[dict], field: str, node_query: str, first: int = 250) -> int:
+        """Page `field` (a nested connection with `nodes` and `pageInfo`) of every node to its end, in place,
+        with `node_query` (taking `$id`, `$first`, `$after` and selecting `node(id:) { … on T { field … } }`).
+        Returns how many extra queries it took."""
+        queries = 0
+        for node in nodes:
+            connection = node.get(field)
+            seen: set[str] = set()
+            while isinstance(connection, dict) and (connection.get("pageInfo") or {}).get("hasNextPage"):
+                cursor = connection["pageInfo"].get("endCursor")
+                if not cursor or cursor in seen:
+                    raise UnexpectedAnswerError(f"the {field} cursor of {node.get('id')} repeats or is missing")
+                seen.add(cursor)
+                answer = self.execute(node_query, {"id": node["id"], "first": first, "after": cursor})
+                queries += 1
+                more = (answer.data.get("node") or {}).get(field)
+                if not isinstance(more, dict) or not isinstance(more.get("nodes"), list):
+                    raise UnexpectedAnswerError(f"Shopify's answer has no {field} of {node.get('id')}")
+                connection["nodes"].extend(more["nodes"])
+                connection["pageInfo"] = more["pageInfo"]
+        return queries
+
+
+def _has_code(errors: list, code: str) -> bool:
+    return any(isinstance(e, dict) and (e.get("extensions") or {}).get("code") == code for e in errors)
+
+
+def _messages(errors: list) -> str:
+    texts = [str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors[:3]]
+    return "; ".join(texts)[:500]
+
+
+def _typed_error(errors: list, data: object, shop: str) -> Exception:
+    """The error a GraphQL `errors` list means, with what to do."""
+    text = _messages(errors)
+    if _has_code(errors, "ACCESS_DENIED"):
+        return MissingScopeError(
+            f"Shopify denied part of the query for {shop} (ACCESS_DENIED: {text}). Ask the merchant to approve the "
+            "scope it names and reconnect.", 403)
+    if _has_code(errors, "MAX_COST_EXCEEDED"):
+        return QueryTooCostlyError(f"Shopify refused a query above the single-query maximum cost ({text}).")
+    if _has_code(errors, "INTERNAL_SERVER_ERROR"):
+        return ShopifyTransientError(f"Shopify's GraphQL API failed internally ({text}); it is retried")
+    if data:
+        return PartialDataError(f"Shopify answered with partial data and errors ({text}); nothing of it is used")
+    return BadRequestError(f"Shopify refused the GraphQL query ({text})")
