@@ -1,4 +1,4 @@
-"""Shopify's REST leaky bucket: each request adds one; the bucket leaks at a steady rate."""
+"""Shopify's rate limits: the REST leaky bucket (one per request) and the GraphQL cost bucket (points)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,48 @@ class LeakyBucket:
     def retry_after_header(self) -> str:
         """The Retry-After value of a 429: a decimal string, "2.0" at time_scale 1, "0.2" at 10."""
         return str(round(SHOPIFY_RETRY_AFTER_SECONDS / self.time_scale, 3))
+
+
+# Shopify's GraphQL bucket holds 20 seconds of restore (maximumAvailable 2000 at 100 points/s).
+GRAPHQL_BUCKET_SECONDS = 20
+
+
+class CostBucket:
+    """Shopify's GraphQL cost bucket: starts full, a query takes its cost, points restore steadily.
+
+    `restore_rate` is points per second of Shopify time; the bucket restores `restore_rate` × `time_scale`
+    per real second and reports that scaled rate, so a client pacing by it waits the right real time.
+    """
+
+    def __init__(self, restore_rate: float, time_scale: float = 1.0) -> None:
+        self.maximum = GRAPHQL_BUCKET_SECONDS * restore_rate
+        self.restore_rate = restore_rate * time_scale
+        self._available = self.maximum
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _restore(self, now: float) -> None:
+        self._available = min(self.maximum, self._available + (now - self._last) * self.restore_rate)
+        self._last = now
+
+    def take(self, cost: int) -> bool:
+        """Take `cost` points if that many are available; False when the query must be THROTTLED."""
+        with self._lock:
+            self._restore(time.monotonic())
+            if self._available + 1e-9 < cost:
+                return False
+            self._available -= cost
+            return True
+
+    def refund(self, points: int) -> None:
+        """Give back what a query was charged beyond its actual cost."""
+        with self._lock:
+            self._restore(time.monotonic())
+            self._available = min(self.maximum, self._available + max(points, 0))
+
+    def status(self) -> dict[str, float | int]:
+        """Shopify's `throttleStatus`: maximumAvailable, currentlyAvailable (whole points), restoreRate."""
+        with self._lock:
+            self._restore(time.monotonic())
+            return {"maximumAvailable": float(self.maximum), "currentlyAvailable": int(self._available),
+                    "restoreRate": float(self.restore_rate)}

@@ -14,13 +14,27 @@ PLANS: dict[str, tuple[int, float]] = {
     "standard": (40, 2.0),
     "advanced": (80, 4.0),
     "plus": (400, 20.0),
+    # Commerce Components: twice Plus (an assumption; Shopify negotiates these limits per contract).
+    "enterprise": (800, 40.0),
     # No rate limit at all: for measuring how fast the simulator itself serves.
     "unlimited": (40, 0.0),
 }
 
+# GraphQL cost points restored per second, as Shopify documents per plan; the bucket holds
+# GRAPHQL_BUCKET_SECONDS of restore. "unlimited" is effectively no limit, for measuring the simulator.
+GRAPHQL_RESTORE_RATES: dict[str, float] = {
+    "standard": 100.0,
+    "advanced": 200.0,
+    "plus": 1000.0,
+    "enterprise": 2000.0,
+    "unlimited": 1_000_000.0,
+}
+
 SHOP_STATES = ("active", "frozen", "locked")
 
-FAULT_KINDS = ("500", "502", "503", "504", "430", "429", "404", "hang", "reset", "truncate", "malformed")
+FAULT_KINDS = ("500", "502", "503", "504", "430", "429", "404", "hang", "reset", "truncate", "malformed",
+               # GraphQL only: a THROTTLED answer whatever the bucket holds, and partial data with an error.
+               "throttled", "partial")
 
 
 @dataclass(frozen=True)
@@ -28,8 +42,9 @@ class FaultRule:
     """A deterministic fault: of the requests that match, let `skip` pass, fail the next `times`, then stop.
 
     `endpoint` matches the endpoint name as counted in stats ("orders", "orders/count", "products", …;
+    "graphql" for every GraphQL request, "graphql:orders" for one asking for the root field `orders`;
     None matches all); `page` matches the page number of a listing (1 is the request without
-    page_info; None matches any request). `times` <= 0 means forever.
+    page_info or `after`; None matches any request). `times` <= 0 means forever.
     """
 
     kind: str
@@ -90,8 +105,10 @@ class ShopConfig:
     """One simulated shop: its name (the `{shop}` of `{shop}.myshopify.com`), token, data and state.
 
     `large_order_every=n` makes every n-th order a large one (hundreds of line items, several hundred
-    KB). `history_days` spreads created_at over that many days before the simulator starts.
-    `timezone_offset_minutes` is the shop's local offset used in every timestamp it serves.
+    KB). `large_product_every=n` likewise gives every n-th product `large_product_variants` variants
+    (GraphQL pages them; REST serves them all in one document). `history_days` spreads created_at over
+    that many days before the simulator starts. `timezone_offset_minutes` is the shop's local offset used
+    in every REST timestamp.
     """
 
     name: str
@@ -106,6 +123,8 @@ class ShopConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     large_order_every: int = 0
     large_order_line_items: int = 300
+    large_product_every: int = 0
+    large_product_variants: int = 300
     history_days: int = 365
     timezone_offset_minutes: int = -300
     api_versions: tuple[str, ...] = ("2025-01", "2025-04", "2025-07", "2025-10", "2026-01")

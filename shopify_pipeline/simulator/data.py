@@ -22,6 +22,9 @@ ID_BASES = {
 ID_STEP = 1024
 LINE_ITEM_ID_BASE = 1_466_157_049_000_000_000
 VARIANT_ID_BASE = 3_947_372_213_000_000_000
+# Variants past the 15th (large products only) get ids from a separate range, clear of index * 16 + position.
+LARGE_VARIANT_ID_BASE = VARIANT_ID_BASE + 10**12
+LARGE_VARIANT_ID_STEP = 100_000
 
 FIRST_NAMES = ("Zoë", "José", "Łukasz", "Søren", "Ngọc", "美咲", "Olúwaṣeun", "Ana", "Björn", "François",
                "Jürgen", "Siobhán", "Émile", "Mária", "Çağla", "Bob", "Alice", "Дмитрий", "Αθηνά", "O'Neil")
@@ -84,8 +87,8 @@ def initial_state(data_type: str, rng: random.Random) -> str:
 
 
 def record_size(data_type: str, index: int, rng: random.Random, large_every: int, large_size: int) -> int:
-    """Line items of an order or variants of a product; every `large_every`-th order is a large one."""
-    if data_type == "orders" and large_every and (index + 1) % large_every == 0:
+    """Line items of an order or variants of a product; every `large_every`-th record is a large one."""
+    if data_type != "customers" and large_every and (index + 1) % large_every == 0:
         return large_size
     return pick(rng, (1, 1, 2, 2, 3, 3, 4, 5))
 
@@ -590,6 +593,8 @@ def pick(rng: random.Random, choices: tuple | list) -> Any:
 
 def variant_id_of(product_index: int, position: int) -> int:
     """The id of a product's variant, computable from an order's line item without the product."""
+    if position >= 16:
+        return LARGE_VARIANT_ID_BASE + product_index * LARGE_VARIANT_ID_STEP + position
     return VARIANT_ID_BASE + product_index * 16 + position
 
 

@@ -34,16 +34,18 @@ class FaultPlan:
             self._matches = [0] * len(config.rules)
             self._draws = 0
 
-    def choose(self, endpoint: str, page: int, limit: int) -> str | None:
+    def choose(self, endpoint: str, page: int, limit: int, aliases: tuple[str, ...] = ()) -> str | None:
         """The fault kind for this request ("500", "hang", "truncate", …) or None to answer normally.
 
+        A rule's endpoint matches `endpoint` or one of `aliases` (a GraphQL request is "graphql" and
+        "graphql:<root field>" for each root field it asks for).
         Rules are checked in order; the first whose endpoint and page match and whose window
         (skip, then `times` failures) covers this match wins. Otherwise one seeded draw decides.
         """
         with self._lock:
             config = self.config
             for position, rule in enumerate(config.rules):
-                if rule.endpoint is not None and rule.endpoint != endpoint:
+                if rule.endpoint is not None and rule.endpoint != endpoint and rule.endpoint not in aliases:
                     continue
                 if rule.page is not None and rule.page != page:
                     continue

@@ -1,4 +1,4 @@
-"""The HTTP server: Shopify's REST endpoints under /shops/{shop}/admin/…, and /_simulator/ for tests.
+"""The HTTP server: Shopify's REST and GraphQL endpoints under /shops/{shop}/admin/…, /_simulator/ for tests.
 
 A client addresses a shop by path prefix: where it would call https://{shop}.myshopify.com/admin/…,
 it calls http://127.0.0.1:{port}/shops/{shop}/admin/….
@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from shopify_pipeline.simulator.config import DATA_TYPES, FaultConfig, ShopConfig
 from shopify_pipeline.simulator.data import US
 from shopify_pipeline.simulator.faults import HTML_BODIES
+from shopify_pipeline.simulator.graphql_api import Context, Cursors, GraphQLRequest, respond
 from shopify_pipeline.simulator.paging import (
     BadRequest,
     ListRequest,
@@ -63,7 +64,7 @@ def json_answer(status: int, document: Any, headers: dict[str, str] | None = Non
 
 
 class Simulator:
-    """A local Shopify Admin REST API serving several shops on 127.0.0.1.
+    """A local Shopify Admin API (REST and GraphQL) serving several shops on 127.0.0.1.
 
     `time_scale` speeds up the leaky bucket (10 → leaks ten times faster, Retry-After ten times
     shorter); everything else runs in real time.
@@ -77,6 +78,7 @@ class Simulator:
         self.time_scale = time_scale
         self.anchor = int(time.time())
         self.tokens = PageTokens(secrets.token_bytes(16))
+        self.cursors = Cursors(secrets.token_bytes(16))
         self.cache = RenderCache(cache_bytes)
         self.shops: dict[str, ShopRuntime] = {}
         for config in shops:
@@ -255,7 +257,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._route("GET")
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        """Serve the write side of the admin API (Shopify endpoints are read-only here)."""
+        """Serve GraphQL queries and the write side of the admin API (REST endpoints are read-only here)."""
         self._route("POST")
 
     def _route(self, method: str) -> None:
@@ -280,12 +282,20 @@ class RequestHandler(BaseHTTPRequestHandler):
                       query: dict[str, list[str]]) -> None:
         endpoint, version, resource, tail = self._endpoint(rest)
         shop.count_request(endpoint)
-        page_info = query.get("page_info", [None])[-1]
-        try:
-            limit = int(query.get("limit", ["50"])[-1])
-        except ValueError:
-            limit = 50
-        fault = shop.faults.choose(endpoint, self.sim.tokens.peek_page(page_info), limit)
+        graphql_request = None
+        aliases: tuple[str, ...] = ()
+        if endpoint == "graphql" and method == "POST":
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            graphql_request = GraphQLRequest.read(body, self.headers.get("Content-Type") or "")
+            aliases, page, limit = graphql_request.fault_keys(self.sim.cursors)
+        else:
+            page_info = query.get("page_info", [None])[-1]
+            page = self.sim.tokens.peek_page(page_info)
+            try:
+                limit = int(query.get("limit", ["50"])[-1])
+            except ValueError:
+                limit = 50
+        fault = shop.faults.choose(endpoint, page, limit, aliases)
         config = shop.faults.config
         if config.latency_seconds > 0:
             self.sim.stopping.wait(config.latency_seconds)
@@ -295,14 +305,18 @@ class RequestHandler(BaseHTTPRequestHandler):
             shop.count_response(0, fault)
             self._drop_connection()
             return
-        answer = self._answer(shop, method, endpoint, version, resource, tail, query, fault)
+        if graphql_request is not None:
+            answer = self._graphql_answer(shop, version or "", graphql_request, fault)
+        else:
+            answer = self._answer(shop, method, endpoint, version, resource, tail, query, fault)
         if fault in ("truncate", "malformed") and answer.status == 200:
             shop.count_response(answer.status, fault)
             if fault == "malformed":
                 answer.body = answer.body[: max(1, len(answer.body) // 2)]
             self._send(answer, truncate=fault == "truncate")
             return
-        applied = fault if fault not in ("truncate", "malformed") and answer.status >= 400 else None
+        shaped = answer.status >= 400 or (graphql_request is not None and fault in ("throttled", "partial"))
+        applied = fault if fault not in ("truncate", "malformed") and shaped else None
         shop.count_response(answer.status, applied)
         self._send(answer)
 
@@ -359,6 +373,30 @@ class RequestHandler(BaseHTTPRequestHandler):
             return self._resource(shop, endpoint, resource, tail, query, headers, answered_version)
         except BadRequest as error:
             return json_answer(400, error.body, headers)
+
+    def _graphql_answer(self, shop: ShopRuntime, version: str, request: GraphQLRequest,
+                        fault: str | None) -> Answer:
+        """POST graphql.json: REST's checks (auth, shop state, version), then faults, then cost and the query."""
+        token = self.headers.get("X-Shopify-Access-Token")
+        if token != shop.token:
+            return json_answer(401, INVALID_TOKEN)
+        if shop.state == "frozen":
+            return json_answer(402, {"errors": "Unavailable Shop"})
+        if shop.state == "locked":
+            return json_answer(423, {"errors": "This shop is unavailable"})
+        answered_version = self._answered_version(shop, version)
+        if answered_version is None:
+            return json_answer(404, NOT_FOUND)
+        headers = {"X-Shopify-API-Version": answered_version}
+        if fault == "429":
+            return json_answer(429, THROTTLED, {**headers, "Retry-After": shop.bucket(token).retry_after_header()})
+        if fault in ("500", "502", "503", "504", "430", "404"):
+            return self._fault_answer(fault, shop, headers)
+        context = Context(shop, self.sim.cursors, self._shop_document(shop))
+        document, throttled = respond(request, context, shop.cost_bucket(token), fault)
+        if throttled:
+            shop.count_graphql_throttled()
+        return json_answer(200, document, headers)
 
     def _answered_version(self, shop: ShopRuntime, version: str) -> str | None:
         """The version that answers: itself, the oldest supported if retired, None if unknown."""

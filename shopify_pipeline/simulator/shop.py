@@ -6,8 +6,15 @@ import threading
 from collections import Counter
 from typing import Any
 
-from shopify_pipeline.simulator.bucket import LeakyBucket
-from shopify_pipeline.simulator.config import DATA_TYPES, PLANS, SHOP_STATES, FaultConfig, ShopConfig
+from shopify_pipeline.simulator.bucket import CostBucket, LeakyBucket
+from shopify_pipeline.simulator.config import (
+    DATA_TYPES,
+    GRAPHQL_RESTORE_RATES,
+    PLANS,
+    SHOP_STATES,
+    FaultConfig,
+    ShopConfig,
+)
 from shopify_pipeline.simulator.data import Renderer, generate
 from shopify_pipeline.simulator.faults import FaultPlan
 from shopify_pipeline.simulator.store import RenderCache, ShopData
@@ -24,21 +31,26 @@ class ShopRuntime:
         self.scopes = tuple(config.scopes)
         self.time_scale = time_scale
         counts = {"orders": config.orders, "products": config.products, "customers": config.customers}
+        large = {"orders": (config.large_order_every, config.large_order_line_items),
+                 "products": (config.large_product_every, config.large_product_variants),
+                 "customers": (0, 0)}
         collections = {
             data_type: generate(data_type, counts[data_type], config.seed, anchor, config.history_days,
-                                config.large_order_every, config.large_order_line_items)
+                                *large[data_type])
             for data_type in DATA_TYPES
         }
         renderer = Renderer(config.name, config.seed, config.timezone_offset_minutes, config.products,
                             config.customers)
         self.data = ShopData(renderer, collections, config.seed, config.large_order_every,
-                             config.large_order_line_items, cache)
+                             config.large_order_line_items, cache, large["products"])
         self.faults = FaultPlan(config.faults)
         self._buckets: dict[str, LeakyBucket] = {}
+        self._cost_buckets: dict[str, CostBucket] = {}
         self._lock = threading.Lock()
         self._requests: Counter[str] = Counter()
         self._statuses: Counter[str] = Counter()
         self._faults_served: Counter[str] = Counter()
+        self._graphql_throttled = 0
 
     def bucket(self, token: str) -> LeakyBucket:
         """The leaky bucket of (this shop, `token`), created on first use from the shop's plan."""
@@ -47,6 +59,13 @@ class ShopRuntime:
                 size, leak = PLANS[self.config.plan]
                 self._buckets[token] = LeakyBucket(size, leak, self.time_scale)
             return self._buckets[token]
+
+    def cost_bucket(self, token: str) -> CostBucket:
+        """The GraphQL cost bucket of (this shop, `token`), created full on first use from the shop's plan."""
+        with self._lock:
+            if token not in self._cost_buckets:
+                self._cost_buckets[token] = CostBucket(GRAPHQL_RESTORE_RATES[self.config.plan], self.time_scale)
+            return self._cost_buckets[token]
 
     def set_state(self, state: str) -> None:
         """Make the shop active, frozen (402) or locked (423)."""
@@ -70,9 +89,15 @@ class ShopRuntime:
             if fault:
                 self._faults_served[fault] += 1
 
+    def count_graphql_throttled(self) -> None:
+        """Count one GraphQL answer that was THROTTLED (HTTP 200, so not among the 429s)."""
+        with self._lock:
+            self._graphql_throttled += 1
+
     def stats(self) -> dict[str, Any]:
         """Counters for tests: requests per endpoint, answers per status, 429s, faults, bucket level."""
         bucket = self.bucket(self.token)
+        cost_bucket = self.cost_bucket(self.token)
         with self._lock:
             return {
                 "requests": dict(self._requests),
@@ -83,6 +108,8 @@ class ShopRuntime:
                 "bucket_level": round(bucket.level(), 3),
                 "bucket_size": bucket.size,
                 "leak_per_second": bucket.leak_per_second * bucket.time_scale,
+                "graphql_throttled": self._graphql_throttled,
+                "graphql_throttle_status": cost_bucket.status(),
                 "state": self.state,
                 "records": {data_type: collection.count(lambda _: True)
                             for data_type, collection in self.data.collections.items()},

@@ -185,13 +185,14 @@ class ShopData:
     """Every collection of one shop, its renderer and event log; callers hold `lock` while querying."""
 
     def __init__(self, renderer: Renderer, collections: dict[str, list[Record]], seed: int,
-                 large_every: int, large_size: int, cache: RenderCache) -> None:
+                 large_every: int, large_size: int, cache: RenderCache,
+                 large_products: tuple[int, int] = (0, 0)) -> None:
         self.renderer = renderer
         self.collections = {name: Collection(items) for name, items in collections.items()}
         self.events = Collection([])
         self.seed = seed
-        self.large_every = large_every
-        self.large_size = large_size
+        # (every n-th record is large, its size) per data type; orders keep their historical arguments.
+        self.large = {"orders": (large_every, large_size), "products": large_products}
         self.cache = cache
         self.lock = threading.RLock()
         self._latest = max((record.updated for items in collections.values() for record in items), default=0)
@@ -255,7 +256,8 @@ class ShopData:
                 index = len(collection.items)
                 now = self._next_change()
                 state = "open" if data_type == "orders" else initial_state(data_type, rng)
-                size = record_size(data_type, index, rng, self.large_every, self.large_size)
+                large_every, large_size = self.large.get(data_type, (0, 0))
+                size = record_size(data_type, index, rng, large_every, large_size)
                 record = Record(record_id(data_type, index), index, now, now, state, size)
                 collection.add(record)
                 created_ids.append(record.id)
