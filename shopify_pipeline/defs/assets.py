@@ -20,6 +20,7 @@ from pydantic import Field
 
 from shopify_pipeline.defs.partitions import user_partitions
 from shopify_pipeline.defs.resources import SyncEngineResource
+from shopify_pipeline.dynamo.lease import LeaseHeldError
 from shopify_pipeline.dynamo.records import RecordTable
 from shopify_pipeline.errors import PermanentError, TransientError
 from shopify_pipeline.logs import forward_logs
@@ -96,6 +97,13 @@ def errors_as_failures(context: dg.AssetExecutionContext) -> Iterator[None]:
     with permanent_errors_fail_at_once():
         try:
             yield
+        except LeaseHeldError as error:
+            if last_try(context):
+                raise dg.Failure(description=str(error), allow_retries=False,
+                                 metadata={"error": type(error).__name__, "reason": "lease_held"}) from error
+            # The policy's 1-2-4 s would give up before a crashed holder's lease expires: wait for the expiry.
+            raise dg.RetryRequested(max_retries=RETRY_POLICY.max_retries,
+                                    seconds_to_wait=min(error.expires_in + 1.0, 120.0)) from error
         except TransientError as error:
             if not last_try(context):
                 raise

@@ -41,7 +41,13 @@ _CONFLICT_TRIES = 4  # a fenced write cancelled by a conflicting transaction is 
 
 
 class LeaseHeldError(TransientError):
-    """Another sync of the same user and data type is running (or died less than a lease ago)."""
+    """Another sync of the same user and data type is running (or died less than a lease ago).
+
+    `expires_in` is how long the holder's lease still runs unless renewed: a retry sooner cannot succeed."""
+
+    def __init__(self, message: str, expires_in: float = 0.0) -> None:
+        super().__init__(message)
+        self.expires_in = expires_in
 
 
 class LeaseLostError(TransientError):
@@ -137,7 +143,8 @@ class LeaseStore:
                     f"lease until {_iso(held.get('expiresAt'))}, renewed while it runs). Wait for it to finish. "
                     f"If its process died on another host, the lease expires within "
                     f"{self._settings.lease_seconds:.0f} s, or break it now with "
-                    f"`shopify-pipeline clear --user {user_id} --release-lease`."
+                    f"`shopify-pipeline clear --user {user_id} --release-lease`.",
+                    expires_in=max(0.0, float(held.get("expiresAt") or now) - time.time()),
                 ) from error
             log.warning("took over the lease of %s %s from %s, a process of this host that no longer runs",
                         user_id, data_type, holder)

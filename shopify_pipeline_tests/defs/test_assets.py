@@ -143,3 +143,16 @@ def test_records_shopify_sent_broken_fail_the_load_once_without_retry(instance, 
     assert "record 3: `id` is missing" in failed.description
     assert failed.metadata["reason"].value == "bad_record"
     assert len(stored(engine, "user-broken", "orders")) == len(page["orders"]) - 1
+
+
+def test_a_lease_left_by_a_crashed_sync_on_another_host_is_waited_out_not_given_up_on(
+        instance, sync_engine, engine, connected, sim):
+    # A holder on another host that stopped renewing: its lease runs 4 s more. The step's retry waits for the
+    # expiry (the policy's 1-2-4 s backoff would give up first), then the sync runs.
+    engine.state.leases.acquire("user-small", "orders", "another-host:4242:abcdef:4026531836", seconds=4)
+    result = materialize(instance, sync_engine, "user-small", data_types=("orders",))
+    assert result.success
+    step = step_key(pages_key("orders"))
+    [retry] = step_events(result, step, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    assert retry.event_specific_data.seconds_to_wait >= 3  # the lease's remaining life, not the policy's 1 s
+    assert stored(engine, "user-small", "orders") == source_of_truth(sim, "small", "orders")
