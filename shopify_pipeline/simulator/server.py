@@ -341,13 +341,10 @@ class RequestHandler(BaseHTTPRequestHandler):
                 resource: str | None, tail: str | None, query: dict[str, list[str]],
                 fault: str | None) -> Answer:
         """Checks in Shopify's order (auth, shop state, rate limit, version, scope), then the endpoint."""
+        refused = self._refused(shop)
+        if refused is not None:
+            return refused
         token = self.headers.get("X-Shopify-Access-Token")
-        if token != shop.token:
-            return json_answer(401, INVALID_TOKEN)
-        if shop.state == "frozen":
-            return json_answer(402, {"errors": "Unavailable Shop"})
-        if shop.state == "locked":
-            return json_answer(423, {"errors": "This shop is unavailable"})
         bucket = shop.bucket(token)
         if fault == "429" or not bucket.take():
             headers = {"Retry-After": bucket.retry_after_header()}
@@ -374,16 +371,23 @@ class RequestHandler(BaseHTTPRequestHandler):
         except BadRequest as error:
             return json_answer(400, error.body, headers)
 
-    def _graphql_answer(self, shop: ShopRuntime, version: str, request: GraphQLRequest,
-                        fault: str | None) -> Answer:
-        """POST graphql.json: REST's checks (auth, shop state, version), then faults, then cost and the query."""
-        token = self.headers.get("X-Shopify-Access-Token")
-        if token != shop.token:
+    def _refused(self, shop: ShopRuntime) -> Answer | None:
+        """Shopify's first checks, the same for REST and GraphQL: the token, then the shop's state."""
+        if self.headers.get("X-Shopify-Access-Token") != shop.token:
             return json_answer(401, INVALID_TOKEN)
         if shop.state == "frozen":
             return json_answer(402, {"errors": "Unavailable Shop"})
         if shop.state == "locked":
             return json_answer(423, {"errors": "This shop is unavailable"})
+        return None
+
+    def _graphql_answer(self, shop: ShopRuntime, version: str, request: GraphQLRequest,
+                        fault: str | None) -> Answer:
+        """POST graphql.json: REST's checks (auth, shop state, version), then faults, then cost and the query."""
+        refused = self._refused(shop)
+        if refused is not None:
+            return refused
+        token = self.headers.get("X-Shopify-Access-Token")
         answered_version = self._answered_version(shop, version)
         if answered_version is None:
             return json_answer(404, NOT_FOUND)

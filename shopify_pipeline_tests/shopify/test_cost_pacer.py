@@ -3,20 +3,7 @@
 import pytest
 
 from shopify_pipeline.shopify.cost_pacer import CostPacer, CostReading, page_size_for
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert 0 <= seconds < float("inf")
-        self.sleeps.append(seconds)
-        self.now += seconds
+from shopify_pipeline_tests.support.fake_clock import FakeClock
 
 
 def _extensions(requested, actual, maximum, available, restore):

@@ -10,6 +10,7 @@ from shopify_pipeline.shopify.client import ShopifyClient
 from shopify_pipeline.shopify.cost_pacer import CostPacer
 from shopify_pipeline.shopify.errors import BadRequestError, MissingScopeError
 from shopify_pipeline.shopify.graphql import GraphQLClient, PartialDataError, QueryTooCostlyError
+from shopify_pipeline_tests.support.fake_clock import FakeClock
 from shopify_pipeline_tests.support.hostile_server import HostileServer, Respond
 
 SETTINGS = ShopifySettings(allow_local_shops=True, backoff_seconds=0.01, timeout_seconds=5.0)
@@ -30,21 +31,6 @@ def _answer(document: dict, version: str = "2025-10") -> Respond:
 def server():
     with HostileServer() as running:
         yield running
-
-
-class FakeClock:
-    """The pacer's clock and sleep (a seam): time moves only when it sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def _client(server, clock=None):

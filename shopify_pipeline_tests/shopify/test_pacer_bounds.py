@@ -3,22 +3,7 @@
 import pytest
 
 from shopify_pipeline.shopify.pacer import Pacer
-
-
-class FakeClock:
-    """A clock that moves only when the pacer sleeps (a seam: the pacer's clock and sleep)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0 and seconds == seconds  # never negative, never NaN
-        self.sleeps.append(seconds)
-        self.now += seconds
+from shopify_pipeline_tests.support.fake_clock import FakeClock
 
 
 @pytest.mark.parametrize("size", [1, 2, 3])
