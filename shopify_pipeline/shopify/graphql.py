@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from shopify_pipeline.shopify.client import ShopifyClient, UnexpectedAnswerError
-from shopify_pipeline.shopify.cost_pacer import CostPacer, CostReading
+from shopify_pipeline.shopify.cost_pacer import CostPacer, CostReading, page_size_for
 from shopify_pipeline.shopify.errors import (
     BadRequestError,
     MissingScopeError,
@@ -24,6 +24,9 @@ from shopify_pipeline.shopify.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+_PROBE_PAGE = 10  # the first page of a connection when its cost per item is not known yet
+_CONNECTION_COST = 2  # Shopify's cost of a connection itself, beside its items
 
 
 class PartialDataError(ShopifyTransientError):
@@ -116,12 +119,19 @@ class GraphQLClient:
             self.answered_version = version
 
     def connection_pages(self, query: str, root: str, variables: dict | None = None,
-                         first: int = 50, after: str | None = None) -> Iterator[tuple[list[dict], dict]]:
+                         first: int | None = None, after: str | None = None) -> Iterator[tuple[list[dict], dict]]:
         """Every page of the connection `root` of `query` (which takes `$first` and `$after`), as
-        (nodes, pageInfo). Stops when `hasNextPage` is false; a cursor that repeats is an error."""
+        (nodes, pageInfo). Stops when `hasNextPage` is false; a cursor that repeats is an error.
+
+        Without `first`, the page size is chosen by cost: a small first page says what one item costs, then
+        every page asks for as many as fit under the single-query maximum and the bucket."""
         seen: set[str] = set()
+        size = first or _PROBE_PAGE
         while True:
-            answer = self.execute(query, {**(variables or {}), "first": first, "after": after})
+            answer = self.execute(query, {**(variables or {}), "first": size, "after": after})
+            if first is None and answer.cost is not None and answer.cost.requested:
+                per_item = max(0.0, (answer.cost.requested - _CONNECTION_COST) / size)
+                size = page_size_for(per_item, _CONNECTION_COST, self.pacer.maximum)
             connection = answer.data.get(root)
             if not isinstance(connection, dict) or not isinstance(connection.get("pageInfo"), dict):
                 raise UnexpectedAnswerError(f"Shopify's answer has no {root} connection with a pageInfo")

@@ -83,3 +83,13 @@ def test_pacing_by_cost_reads_a_standard_plan_shop_without_being_throttled_after
     assert graphql.client.stats.pace_wait_seconds > 0
     assert graphql.client.stats.throttled == 0
     assert graphql.pacer.maximum == pytest.approx(2000) and graphql.pacer.restore_per_second > 0
+
+
+def test_without_a_page_size_the_client_asks_for_as_many_as_fit_under_the_single_query_maximum(sim):
+    graphql = _graphql(sim, "big", "shpat_big")
+    # An order costs 13 points: itself (1) and lineItems(first: 10) (2 + 10).
+    pages = list(graphql.connection_pages(ORDERS, "orders"))
+    assert sum(len(nodes) for nodes, _ in pages) == 120
+    sizes = [len(nodes) for nodes, _ in pages]
+    assert sizes[0] == 10  # the probe
+    assert sizes[1] == (1000 - 2) // 13  # 76 orders: 2 + 76 * 13 = 990 points, under the 1 000 maximum
