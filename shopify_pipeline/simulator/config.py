@@ -32,6 +32,9 @@ GRAPHQL_RESTORE_RATES: dict[str, float] = {
 
 SHOP_STATES = ("active", "frozen", "locked")
 
+# The versions Shopify supports at the end of 2026; an older one falls forward to the oldest of these.
+SUPPORTED_API_VERSIONS = ("2026-01", "2026-04", "2026-07", "2026-10")
+
 FAULT_KINDS = ("500", "502", "503", "504", "430", "429", "404", "hang", "reset", "truncate", "malformed",
                # GraphQL only: a THROTTLED answer whatever the bucket holds, and partial data with an error.
                "throttled", "partial")
@@ -106,9 +109,10 @@ class ShopConfig:
 
     `large_order_every=n` makes every n-th order a large one (hundreds of line items, several hundred
     KB). `large_product_every=n` likewise gives every n-th product `large_product_variants` variants
-    (GraphQL pages them; REST serves them all in one document). `history_days` spreads created_at over
-    that many days before the simulator starts. `timezone_offset_minutes` is the shop's local offset used
-    in every REST timestamp.
+    (GraphQL pages through all of them; REST, as Shopify's deprecated products endpoint, serves only the
+    first 100). `history_days` spreads created_at over that many days before the simulator starts.
+    `timezone_offset_minutes` is the shop's local offset used in every REST timestamp. `api_versions` are
+    the supported versions: an older one is answered by the oldest of them, a newer one is 404.
     """
 
     name: str
@@ -127,7 +131,7 @@ class ShopConfig:
     large_product_variants: int = 300
     history_days: int = 365
     timezone_offset_minutes: int = -300
-    api_versions: tuple[str, ...] = ("2025-01", "2025-04", "2025-07", "2025-10", "2026-01")
+    api_versions: tuple[str, ...] = SUPPORTED_API_VERSIONS
 
     def __post_init__(self) -> None:
         if self.plan not in PLANS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -124,14 +125,20 @@ def generate(data_type: str, count: int, seed: int, anchor: int, history_days: i
 
 
 class Renderer:
-    """Turns a `Record` into the Shopify REST document of a shop (a dict with exact integer ids)."""
+    """Turns a `Record` into the Shopify REST document of a shop (a dict with exact integer ids).
 
-    def __init__(self, shop: str, seed: int, tz_minutes: int, products: int, customers: int) -> None:
+    `variant_count(product_index)` is how many variants that product has (0 if it does not exist), so
+    line items point at variants that exist; without it, line items pick positions 1 to 3 blindly.
+    """
+
+    def __init__(self, shop: str, seed: int, tz_minutes: int, products: int, customers: int,
+                 variant_count: Callable[[int], int] | None = None) -> None:
         self.shop = shop
         self.seed = seed
         self.tz = timezone(timedelta(minutes=tz_minutes))
         self.products = max(products, 50)
         self.customers = max(customers, 50)
+        self.variant_count = variant_count
         self._people: dict[int, dict[str, Any]] = {}
 
     def timestamp(self, epoch_us: int) -> str:
@@ -480,6 +487,9 @@ class Renderer:
         product_index = below(rng, self.products)
         product_id = record_id("products", product_index)
         variant_position = between(rng, 1, 4)
+        variants = self.variant_count(product_index) if self.variant_count else 0
+        if variants:
+            variant_position = min(variant_position, variants)
         quantity = between(rng, 1, 4)
         price = between(rng, 199, 30_000)
         cents = price * quantity

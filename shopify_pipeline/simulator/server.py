@@ -164,12 +164,17 @@ class Simulator:
         """Counters: requests per endpoint, responses per status, 429s (`throttled`), bucket level."""
         return self._shop(shop_name).stats()
 
-    def records(self, shop_name: str, data_type: str) -> list[dict[str, Any]]:
-        """The source of truth: every live record as a parsed document (ids stay ints), by id."""
+    def records(self, shop_name: str, data_type: str, rest: bool = False) -> list[dict[str, Any]]:
+        """The source of truth: every live record as a parsed document (ids stay ints), by id.
+
+        Whole documents, as GraphQL serves them; `rest=True` gives them as REST serves them (products
+        cut to their first 100 variants).
+        """
         data = self._shop(shop_name).data
+        render = data.rest_bytes if rest else data.render_bytes
         with data.lock:
             live = [record for record in data.collections[data_type].items if not record.deleted]
-        return [json.loads(data.render_bytes(data_type, record)) for record in live]
+        return [json.loads(render(data_type, record)) for record in live]
 
     def record_versions(self, shop_name: str, data_type: str) -> dict[int, str]:
         """A cheap digest of the source of truth: id → updated_at of every live record."""
@@ -458,7 +463,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             window = self._window(shop, resource)
             if record is None or record.deleted or (window is not None and record.created < window * US):
                 return json_answer(404, NOT_FOUND, headers)
-            body = data.render_bytes(resource, record)
+            body = data.rest_bytes(resource, record)
         fields = query.get("fields", [""])[-1]
         singular = resource[:-1]
         if fields:
@@ -481,7 +486,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             if resource == "events":
                 documents = [dumps(_pick(data.render_event(event), request.fields)) for event in found]
             else:
-                documents = [data.render_bytes(resource, record) for record in found]
+                documents = [data.rest_bytes(resource, record) for record in found]
         if request.fields and resource != "events":
             documents = [dumps(_pick(json.loads(body), request.fields)) for body in documents]
         after = last_key if more or request.direction == "prev" else None

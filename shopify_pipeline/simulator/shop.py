@@ -39,8 +39,10 @@ class ShopRuntime:
                                 *large[data_type])
             for data_type in DATA_TYPES
         }
+        products = collections["products"]  # the list the products collection keeps (and appends to)
         renderer = Renderer(config.name, config.seed, config.timezone_offset_minutes, config.products,
-                            config.customers)
+                            config.customers,
+                            lambda index: products[index].size if index < len(products) else 0)
         self.data = ShopData(renderer, collections, config.seed, config.large_order_every,
                              config.large_order_line_items, cache, large["products"])
         self.faults = FaultPlan(config.faults)

@@ -17,6 +17,8 @@ from shopify_pipeline.simulator.paging import ListRequest
 # Query field → Record attribute holding epoch seconds (or the id itself).
 SORT_ATTRIBUTES = {"id": "id", "created_at": "created", "updated_at": "updated"}
 SUBJECT_TYPES = {"orders": "Order", "products": "Product", "customers": "Customer"}
+# Shopify's deprecated REST products endpoints return at most this many variants per product.
+REST_VARIANT_LIMIT = 100
 
 
 def dumps(document: dict[str, Any]) -> bytes:
@@ -203,6 +205,20 @@ class ShopData:
         body = self.cache.get(key)
         if body is None:
             body = dumps(self.renderer.render(data_type, record))
+            self.cache.put(key, body)
+        return body
+
+    def rest_bytes(self, data_type: str, record: Record) -> bytes:
+        """The JSON REST serves: the whole document, except that a product keeps only its first
+        REST_VARIANT_LIMIT variants by position (Shopify's deprecated REST products cut silently)."""
+        if data_type != "products" or record.size <= REST_VARIANT_LIMIT:
+            return self.render_bytes(data_type, record)
+        key = (f"{self.renderer.shop}/products/rest", record.id, record.version)
+        body = self.cache.get(key)
+        if body is None:
+            document = json.loads(self.render_bytes(data_type, record))
+            document["variants"] = sorted(document["variants"], key=lambda v: v["position"])[:REST_VARIANT_LIMIT]
+            body = dumps(document)
             self.cache.put(key, body)
         return body
 

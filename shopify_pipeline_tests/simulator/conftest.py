@@ -10,7 +10,7 @@ import requests
 
 from shopify_pipeline.simulator import ShopConfig, Simulator
 
-VERSION = "2025-10"
+VERSION = "2026-10"
 
 
 class ShopClient:

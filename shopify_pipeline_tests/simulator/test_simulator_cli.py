@@ -50,7 +50,7 @@ def test_command_serves_until_sigterm():
         lines = [process.stdout.readline() for _ in range(3)]
         assert "token shpat_x" in lines[1]
         shop_url = lines[1].split()[1]
-        response = requests.get(f"{shop_url}/admin/api/2025-10/orders/count.json?status=any",
+        response = requests.get(f"{shop_url}/admin/api/2026-10/orders/count.json?status=any",
                                 headers={"X-Shopify-Access-Token": "shpat_x"}, timeout=5)
         assert response.json() == {"count": 7}
     finally:

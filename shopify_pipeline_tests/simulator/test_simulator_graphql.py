@@ -13,7 +13,7 @@ import requests
 
 from shopify_pipeline.simulator import FaultConfig, FaultRule, ShopConfig, Simulator
 
-VERSION = "2025-10"
+VERSION = "2026-10"
 TIME_SCALE = 5
 
 ORDER_PAGE = """
@@ -258,3 +258,15 @@ def test_shopifyapi_graphql_runs_against_the_simulator(sim: Simulator):
     assert [node["legacyResourceId"] for node in body["data"]["orders"]["nodes"]] == [
         str(order["id"]) for order in sim.records("gql", "orders")[:5]]
     assert body["extensions"]["cost"]["requestedQueryCost"] == 2 + 5
+
+
+def test_retired_versions_fall_forward_on_graphql(sim: Simulator):
+    query = "{ orders(first: 2) { nodes { legacyResourceId } } }"
+    for asked, answered in (("2024-07", "2026-01"), ("2025-10", "2026-01"), ("2026-04", "2026-04")):
+        response = requests.post(f"{sim.shop_url('gql')}/admin/api/{asked}/graphql.json", json={"query": query},
+                                 headers={"X-Shopify-Access-Token": "shpat_gql"}, timeout=10)
+        assert response.status_code == 200 and response.headers["X-Shopify-API-Version"] == answered
+        assert len(response.json()["data"]["orders"]["nodes"]) == 2
+    future = requests.post(f"{sim.shop_url('gql')}/admin/api/2027-01/graphql.json", json={"query": query},
+                           headers={"X-Shopify-Access-Token": "shpat_gql"}, timeout=10)
+    assert future.status_code == 404

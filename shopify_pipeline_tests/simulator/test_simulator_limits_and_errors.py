@@ -127,10 +127,15 @@ def test_api_version_header_and_retired_versions_fall_forward(acme: ShopClient, 
     response = acme.get("shop.json")
     assert response.headers["X-Shopify-API-Version"] == VERSION
     assert response.json()["shop"]["myshopify_domain"] == "acme.myshopify.com"
-    old = requests.get(f"{simulator.shop_url('acme')}/admin/api/2019-04/shop.json",
-                       headers={"X-Shopify-Access-Token": "shpat_acme"}, timeout=5)
-    assert old.status_code == 200
-    assert old.headers["X-Shopify-API-Version"] == "2025-01"
-    bogus = requests.get(f"{simulator.shop_url('acme')}/admin/api/2025-13/shop.json",
-                         headers={"X-Shopify-Access-Token": "shpat_acme"}, timeout=5)
-    assert bogus.status_code == 404
+    # Supported at the end of 2026: 2026-01 to 2026-10; anything older is answered by 2026-01.
+    for asked, answered in (("2019-04", "2026-01"), ("2025-10", "2026-01"), ("2026-01", "2026-01"),
+                            ("2026-07", "2026-07")):
+        orders = requests.get(f"{simulator.shop_url('acme')}/admin/api/{asked}/orders.json",
+                              params={"limit": 2, "status": "any"},
+                              headers={"X-Shopify-Access-Token": "shpat_acme"}, timeout=5)
+        assert orders.status_code == 200 and len(orders.json()["orders"]) == 2
+        assert orders.headers["X-Shopify-API-Version"] == answered
+    for unknown in ("2025-13", "2027-01"):
+        bogus = requests.get(f"{simulator.shop_url('acme')}/admin/api/{unknown}/shop.json",
+                             headers={"X-Shopify-Access-Token": "shpat_acme"}, timeout=5)
+        assert bogus.status_code == 404
