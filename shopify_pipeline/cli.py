@@ -81,8 +81,11 @@ def _users(args: argparse.Namespace) -> int:
         if args.user is None or not (args.shop and args.token_ref):
             raise SystemExit("users add needs --user, --shop and --token-ref (env:VAR, secretsmanager:ID or "
                              "literal:TOKEN)")
-        connection = service.add_connection(args.user, args.shop, args.token_ref, replace=args.replace)
-        _print(args, connection.public(), f"added {connection.user_id} → {connection.shop}")
+        connection = service.add_connection(args.user, args.shop, args.token_ref, replace=args.replace, api=args.api)
+        notice = service.api_change_notice(connection)
+        _print(args, {**connection.public(), "notice": notice},
+               f"added {connection.user_id} → {connection.shop} ({connection.api.upper()})"
+               + (f"\n{notice}" if notice else ""))
     elif args.action == "remove":
         if args.user is None:
             raise SystemExit("users remove needs --user")
@@ -90,7 +93,7 @@ def _users(args: argparse.Namespace) -> int:
         _print(args, {"removed": removed}, f"removed {args.user}" if removed else f"no connection for {args.user}")
     else:
         connections = service.list_connections()
-        rows = [f"{c.user_id:24} {c.shop:40} last syncs: {c.last_sync or '-'}" for c in connections]
+        rows = [f"{c.user_id:24} {c.shop:40} {c.api:8} last syncs: {c.last_sync or '-'}" for c in connections]
         _print(args, [c.public() for c in connections], "\n".join(rows) or "no users connected")
     return 0
 
@@ -221,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--user", help="the user id (for add and remove)")
     users.add_argument("--shop", help="acme.myshopify.com (add)")
     users.add_argument("--token-ref", help="where the token is: env:VAR, secretsmanager:ID, literal:TOKEN (add)")
+    users.add_argument("--api", choices=("graphql", "rest"),
+                       help="the Shopify API syncs read through (add): graphql (the default for a new connection) or "
+                       "rest (legacy; REST products carry at most 100 variants). Changing it needs a manual sync")
     users.add_argument("--replace", action="store_true",
                        help="connect another shop to an existing user: its marks reset, old records stay (add)")
 

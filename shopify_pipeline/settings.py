@@ -132,7 +132,7 @@ class ShopifySettings:
     """How we talk to Shopify. Defaults follow the seed: 3 retries, 1 → 2 → 4 s backoff capped at 60 s,
     30 s timeouts, 250 records a page."""
 
-    api_version: str = "2025-10"
+    api_version: str = "2026-10"
     page_size: int = 250
     min_page_size: int = 25  # 500/504 on a big page: halve the limit down to this
     # A deadline for a whole request attempt (connect, headers and every read of the body), not per read.

@@ -5,11 +5,15 @@
 - A record's item carries a few top-level attributes for querying and the whole document, stored
   natively as a map when it fits, else zlib-compressed, else compressed and split into chunk items in
   the documents table. No item we write exceeds `max_item_bytes` (below DynamoDB's 400 KB).
+- Documents come in two shapes, as each API returns them: REST (`id` 450789469, `updated_at`) and GraphQL
+  (`id` "gid://shopify/Order/450789469", `legacyResourceId` "450789469", `updatedAt`). Both are keyed by the
+  same number, and their items carry the same query attributes and a `shape` attribute that says which.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,23 +30,117 @@ _deserializer = TypeDeserializer()
 
 CHUNK_BYTES = 350_000
 
-# Top-level attributes copied beside the document so that people can query and filter on them.
-QUERY_ATTRIBUTES: dict[str, dict[str, str]] = {
-    "orders": {
-        "name": "name", "email": "email", "financial_status": "financialStatus",
-        "fulfillment_status": "fulfillmentStatus", "total_price": "totalPrice", "currency": "currency",
-        "cancelled_at": "cancelledAt", "closed_at": "closedAt",
+REST = "rest"  # documents as the REST Admin API returns them: snake_case, integer ids
+GRAPHQL = "graphql"  # as the GraphQL Admin API returns them: camelCase, gid:// ids, money bags
+SHAPES = (GRAPHQL, REST)
+
+# Top-level attributes copied beside the document so that people can query and filter on them, by shape:
+# attribute -> where it is in a document. They are the same attributes, with the same kind of value, for
+# both shapes (GraphQL's enums are stored in lower case, as REST spells them).
+QUERY_ATTRIBUTES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
+    REST: {
+        "orders": {
+            "name": ("name",), "email": ("email",), "financialStatus": ("financial_status",),
+            "fulfillmentStatus": ("fulfillment_status",), "totalPrice": ("total_price",),
+            "currency": ("currency",), "cancelledAt": ("cancelled_at",), "closedAt": ("closed_at",),
+        },
+        "products": {"title": ("title",), "status": ("status",), "vendor": ("vendor",),
+                     "productType": ("product_type",)},
+        "customers": {"email": ("email",), "state": ("state",), "firstName": ("first_name",),
+                      "lastName": ("last_name",)},
     },
-    "products": {"title": "title", "status": "status", "vendor": "vendor", "product_type": "productType"},
-    "customers": {"email": "email", "state": "state", "first_name": "firstName", "last_name": "lastName"},
+    GRAPHQL: {
+        "orders": {
+            "name": ("name",), "email": ("email",), "financialStatus": ("displayFinancialStatus",),
+            "fulfillmentStatus": ("displayFulfillmentStatus",),
+            "totalPrice": ("totalPriceSet", "shopMoney", "amount"), "currency": ("currencyCode",),
+            "cancelledAt": ("cancelledAt",), "closedAt": ("closedAt",),
+        },
+        "products": {"title": ("title",), "status": ("status",), "vendor": ("vendor",),
+                     "productType": ("productType",)},
+        "customers": {"email": ("email",), "state": ("state",), "firstName": ("firstName",),
+                      "lastName": ("lastName",)},
+    },
 }
+_ENUMS = {"financialStatus", "fulfillmentStatus", "status", "state"}  # GraphQL's PAID is REST's paid
+_MOMENTS = {"cancelledAt", "closedAt"}  # in UTC, like createdAt and updatedAt, so that they sort
+_TIMESTAMPS = {REST: ("created_at", "updated_at"), GRAPHQL: ("createdAt", "updatedAt")}
+_GID = re.compile(r"^gid://shopify/[A-Za-z]+/([0-9]+)$")
+
+
+def shape_of(doc: dict) -> str:
+    """`graphql` for a document with a `gid://` id, else `rest`."""
+    record_id = doc.get("id")
+    return GRAPHQL if isinstance(record_id, str) and record_id.startswith("gid://") else REST
+
+
+def record_key(doc: dict) -> int:
+    """A document's numeric id, the key of its item: REST's `id`, GraphQL's `legacyResourceId` (the same
+    number for the same record). Raises UnkeyableRecordError when it has none that is a positive 64-bit integer."""
+    if shape_of(doc) == REST:
+        value = doc.get("id")
+        key = value if isinstance(value, int) and not isinstance(value, bool) else None
+        where = "id"
+    else:
+        value = doc.get("legacyResourceId")
+        where = "legacyResourceId"
+        # GraphQL's UnsignedInt64 is a string of digits; it must agree with the gid's number.
+        key = int(value) if isinstance(value, str) and value.isdigit() else (
+            value if isinstance(value, int) and not isinstance(value, bool) else None)
+        match = _GID.match(doc["id"])
+        if key is not None and (match is None or int(match.group(1)) != key):
+            raise UnkeyableRecordError("id", f"{doc['id'][:80]!r} does not name legacyResourceId {value!r}")
+    if key is None:
+        raise UnkeyableRecordError(where, "is missing" if value is None else
+                                   f"is not an integer ({type(value).__name__})")
+    if not 0 < key < 2**63:
+        raise UnkeyableRecordError(where, "is not a positive 64-bit integer")
+    return key
+
+
+def timestamp_fields(doc: dict) -> tuple[str, str]:
+    """The names of a document's created and updated timestamps (created_at or createdAt …)."""
+    return _TIMESTAMPS[shape_of(doc)]
+
+
+def updated_at(doc: dict) -> str | None:
+    """A document's last update in UTC (`...Z`), whatever its shape."""
+    return to_utc(doc.get(timestamp_fields(doc)[1]))
+
+
+def query_attributes(data_type: str, doc: dict) -> dict:
+    """The query attributes of `doc` as DynamoDB attribute values (absent or empty values are left out)."""
+    attributes = {}
+    for attribute, path in QUERY_ATTRIBUTES[shape_of(doc)].get(data_type, {}).items():
+        value: Any = doc
+        for step in path:
+            value = value.get(step) if isinstance(value, dict) else None
+        if isinstance(value, (str, int, Decimal)) and not isinstance(value, bool) and value != "":
+            if attribute in _ENUMS and isinstance(value, str):
+                value = value.lower()
+            if attribute in _MOMENTS:
+                try:
+                    value = to_utc(value)
+                except (TypeError, ValueError, OverflowError):
+                    continue  # not a time: left out rather than stored unsortable (the document keeps it)
+            attributes[attribute] = serialize(value)
+    return attributes
 
 
 class CodecError(ValueError):
     """A document or item is not what the codec expects (no `id`, a corrupt chunk)."""
 
 
-__all__ = ["CodecError", "EncodedRecord", "decode_record", "dumps_json", "encode_record", "parse_json"]
+class UnkeyableRecordError(CodecError):
+    """A document without a usable numeric id: `field` (id, legacyResourceId) and what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"`{field}` {problem}")
+        self.field, self.problem = field, problem
+
+
+__all__ = ["GRAPHQL", "REST", "CodecError", "EncodedRecord", "decode_record", "dumps_json", "encode_record",
+           "parse_json", "record_key", "shape_of", "updated_at"]
 
 
 def compress(value: Any) -> bytes:
@@ -141,17 +239,17 @@ def encode_record(
     `native` stores the document as a DynamoDB map when it fits; otherwise (and by default) it is
     stored compressed, and split into chunk items when even that is too big.
     """
-    record_id = doc.get("id")
-    if not isinstance(record_id, int):
-        raise CodecError(f"a Shopify {data_type} record has no integer `id`: {dumps_json(doc)[:200]}")
-    item = {"userId": {"S": user_id}, "id": {"N": str(record_id)}}
-    for name, value in (("createdAt", to_utc(doc.get("created_at"))), ("updatedAt", to_utc(doc.get("updated_at")))):
+    try:
+        record_id = record_key(doc)
+    except UnkeyableRecordError as error:
+        raise CodecError(f"a Shopify {data_type} record cannot be keyed ({error}): {dumps_json(doc)[:200]}") from None
+    shape = shape_of(doc)
+    item = {"userId": {"S": user_id}, "id": {"N": str(record_id)}, "shape": {"S": shape}}
+    created_field, updated_field = _TIMESTAMPS[shape]
+    for name, value in (("createdAt", to_utc(doc.get(created_field))), ("updatedAt", to_utc(doc.get(updated_field)))):
         if value:
             item[name] = {"S": value}
-    for source, attribute in QUERY_ATTRIBUTES.get(data_type, {}).items():
-        value = doc.get(source)
-        if isinstance(value, (str, int, Decimal)) and not isinstance(value, bool) and value != "":
-            item[attribute] = serialize(value)
+    item.update(query_attributes(data_type, doc))
     base_size = item_size(item)
 
     if native and _native_ok(doc):

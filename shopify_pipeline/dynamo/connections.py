@@ -43,6 +43,17 @@ class Connection:
     last_sync: dict[str, str] = field(default_factory=dict)  # sync type -> finished at
     high_water: dict[str, str] = field(default_factory=dict)  # data type -> updated_at high-water mark
     last_failed_run: dict | None = None  # the orchestrator's last failed run of this user (sensors.py)
+    # The API new syncs read through: graphql (the default of `users add`) or rest. A connection stored
+    # before there was a choice has none, and kept REST, the only API then.
+    api: str = "rest"
+    shapes: dict[str, str] = field(default_factory=dict)  # data type -> shape of its stored documents
+
+    def stored_shape(self, data_type: str) -> str | None:
+        """The shape (graphql or rest) of this user's `data_type` documents in DynamoDB, as written by the
+        last finished sync; None before the first. Connections older than the choice hold REST documents."""
+        if data_type in self.shapes:
+            return self.shapes[data_type]
+        return "rest" if self.high_water.get(data_type) else None
 
     def public(self) -> dict:
         """This connection as fields safe to print or log: a `literal:` token shows as `literal:***`."""
@@ -71,10 +82,10 @@ class ConnectionStore:
         with translate_errors(self._table, self._client.meta.endpoint_url):
             return getattr(self._client, operation)(TableName=self._table, **kwargs)
 
-    def add(self, user_id: str, shop: str, token_ref: str) -> Connection:
-        """Create a user's connection, or update its shop and token reference. Last syncs and high-water
-        marks are kept when the shop stays the same (a new token must not turn daily syncs into full
-        ones) and reset when the shop changes."""
+    def add(self, user_id: str, shop: str, token_ref: str, api: str = "graphql") -> Connection:
+        """Create a user's connection, or update its shop, token reference and API. Last syncs, high-water
+        marks and the shapes of stored documents are kept when the shop stays the same (a new token must not
+        turn daily syncs into full ones) and reset when the shop changes."""
         check_user_id(user_id)
         old = self._call("get_item", Key={"userId": {"S": user_id}}, ConsistentRead=True).get("Item")
         same_shop = old is not None and old["shop"]["S"] == shop
@@ -83,7 +94,10 @@ class ConnectionStore:
             "createdAt": old["createdAt"] if same_shop else {"S": now_iso()},
             "lastSync": old.get("lastSync", {"M": {}}) if same_shop else {"M": {}},
             "highWater": old.get("highWater", {"M": {}}) if same_shop else {"M": {}},
+            "api": {"S": api},
         }
+        if same_shop and "shapes" in old:
+            item["shapes"] = old["shapes"]
         self._call("put_item", Item=item)
         return _connection(item)
 
@@ -109,11 +123,14 @@ class ConnectionStore:
         old = self._call("delete_item", Key={"userId": {"S": user_id}}, ReturnValues="ALL_OLD")
         return "Attributes" in old
 
-    def record_finished(self, user_id: str, sync_type: str, data_type: str, high_water: str | None) -> None:
-        """After a sync finished with nothing failed: its time, and the data type's new high-water mark."""
+    def record_finished(self, user_id: str, sync_type: str, data_type: str, high_water: str | None,
+                        shape: str | None = None) -> None:
+        """After a sync finished with nothing failed: its time, the data type's new high-water mark, and, after
+        a full sync (which rewrote every document), the shape its documents have now."""
         expression = "SET lastSync.#s = :now"
         values = {":now": serialize(now_iso())}
         names = {"#s": f"{sync_type}_{data_type}"}
+
         if high_water:
             expression += ", highWater.#d = :hw"
             values[":hw"] = serialize(high_water)
@@ -121,6 +138,14 @@ class ConnectionStore:
         self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression=expression,
                    ExpressionAttributeNames=names, ExpressionAttributeValues=values,
                    ConditionExpression="attribute_exists(userId)")
+        if shape and sync_type != "daily":
+            # Two steps: a connection stored before shapes existed has no map to set a key of.
+            self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression="SET shapes = "
+                       "if_not_exists(shapes, :empty)", ExpressionAttributeValues={":empty": {"M": {}}},
+                       ConditionExpression="attribute_exists(userId)")
+            self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression="SET shapes.#d = :shape",
+                       ExpressionAttributeNames={"#d": data_type}, ExpressionAttributeValues={":shape": {"S": shape}},
+                       ConditionExpression="attribute_exists(userId)")
 
 
     def record_run_failure(self, user_id: str, failure: dict) -> None:
@@ -133,4 +158,5 @@ class ConnectionStore:
 def _connection(item: dict) -> Connection:
     data = {k: deserialize(v) for k, v in item.items()}
     return Connection(data["userId"], data["shop"], data["tokenRef"], data.get("createdAt"),
-                      data.get("lastSync", {}), data.get("highWater", {}), data.get("lastFailedRun"))
+                      data.get("lastSync", {}), data.get("highWater", {}), data.get("lastFailedRun"),
+                      data.get("api", "rest"), data.get("shapes", {}))

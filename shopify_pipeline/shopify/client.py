@@ -69,8 +69,9 @@ class ShopifyRetry(Retry):
         wait = retry.get_backoff_time()
         if response is not None and response.status in self.RETRY_AFTER_STATUS_CODES:
             wait = max(wait, retry.get_retry_after(response) or 0.0)
-        log.warning("%s for %s; retry %d of %d in %.1f s", why, urlsplit(url or "").path, len(retry.history),
-                    self.total if isinstance(self.total, int) else len(retry.history), wait)
+        done = len(retry.history)  # `total` counts down: what is left after this retry
+        log.warning("%s for %s; retry %d of %d in %.1f s", why, urlsplit(url or "").path, done,
+                    done + retry.total if isinstance(retry.total, int) else done, wait)
         return retry
 
     def get_backoff_time(self) -> float:
@@ -215,6 +216,7 @@ class ShopifyClient:
         self.pacer = pacer or PACERS.for_shop(self.base_url, self.settings.leak_per_second,
                                               self.settings.bucket_margin)
         self.stats = ClientStats()
+        self.answered_version: str | None = None  # X-Shopify-API-Version of the last answer
         self._sleep = sleep
         self._session = ShopSession(
             {"X-Shopify-Access-Token": token, "Accept": "application/json", "User-Agent": "shopify_pipeline/0.1"},
@@ -311,8 +313,25 @@ class ShopifyClient:
         parts = urlsplit(url)
         return f"{parts.netloc}{parts.path}"
 
+    @property
+    def fell_forward(self) -> bool:
+        """Whether Shopify answered with another API version than the one asked for (a retired version falls
+        forward silently to the oldest supported one)."""
+        return self.answered_version is not None and self.answered_version != self.settings.api_version
+
+    def _note_version(self, version: str | None) -> None:
+        if not version or version == "unstable":
+            return
+        asked = self.settings.api_version
+        if version != asked and version != self.answered_version:
+            log.warning("Shopify answered %s with API version %s, not %s: %s is no longer supported and fell "
+                        "forward. Set SHOPIFY_API_VERSION to a supported version.", self.base_url, version, asked,
+                        asked)
+        self.answered_version = version
+
     def _checked(self, response: Answer, url: str) -> Answer:
         status = response.status_code
+        self._note_version(response.headers.get("X-Shopify-API-Version"))
         if status < 300:
             return response
         body = response.text[:300]
@@ -386,6 +405,10 @@ class ShopifyClient:
             if isinstance(document, dict):
                 return document, response
         raise ShopifyTransientError(f"unexpected JSON for {self._where(url)}")
+
+    def wait_before_retry(self, attempt: int) -> None:
+        """Sleep the backoff before retry number `attempt` (1 → 2 → 4 s with jitter, capped)."""
+        self._sleep(self._backoff(attempt))
 
     def _backoff(self, attempt: int) -> float:
         base = min(self.settings.backoff_cap_seconds, self.settings.backoff_seconds * 2 ** (attempt - 1))

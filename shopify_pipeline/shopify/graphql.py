@@ -19,6 +19,7 @@ from shopify_pipeline.shopify.client import ShopifyClient, UnexpectedAnswerError
 from shopify_pipeline.shopify.cost_pacer import CostPacer, CostReading, page_size_for
 from shopify_pipeline.shopify.errors import (
     BadRequestError,
+    InvalidCursorError,
     MissingScopeError,
     ShopifyTransientError,
 )
@@ -70,26 +71,31 @@ class GraphQLClient:
         self.client = client
         self.pacer = pacer or COST_PACERS.for_shop(client.base_url)
         self.url = client.api_url("graphql.json")
-        self.answered_version: str | None = None
         self._requested: dict[tuple[str, int | None], float] = {}  # (query, first) -> last requested cost
+        self._sizes: dict[str, int] = {}  # query -> the page size its cost allows, once an answer said
 
     def execute(self, query: str, variables: dict | None = None) -> GraphQLAnswer:
         """Run one query. Waits for its cost to be available first, and again after a THROTTLED answer (which
-        does not use up error retries). Raises a typed ShopifyError for every other error."""
+        does not use up error retries). Errors Shopify calls internal, and partial data, are asked again with
+        the client's backoff (1 → 2 → 4 s); every other error raises a typed ShopifyError at once."""
         variables = variables or {}
         key = (query, variables.get("first"))
         settings = self.client.settings
-        for _ in range(settings.max_throttle_waits + 1):
+        throttled = failures = 0
+        while True:
             # Until an answer says what this query costs, assume the bucket's worth: never more than that.
             requested = self._requested.get(key, min(self.pacer.maximum, 1000.0))
             waited = self.pacer.acquire(requested)
             self.client.stats.add(pace_wait_seconds=waited)
             document, answer = self.client.request_json("POST", self.url, {"query": query, "variables": variables},
                                                         paced=False)
-            self._note_version(answer.headers.get("X-Shopify-API-Version"))
             reading = CostReading.of(document.get("extensions"))
             errors = document.get("errors") or []
             if _has_code(errors, "THROTTLED"):
+                throttled += 1
+                if throttled > settings.max_throttle_waits:
+                    raise ShopifyTransientError(
+                        f"Shopify kept answering THROTTLED after {settings.max_throttle_waits} waits", 429)
                 if reading is not None and reading.requested:
                     self._requested[key] = reading.requested
                 # The pacer now holds Shopify's count: the next acquire waits just long enough.
@@ -102,21 +108,22 @@ class GraphQLClient:
             if reading is not None and reading.requested:
                 self._requested[key] = reading.requested
             if errors:
-                raise _typed_error(errors, document.get("data"), self.client.base_url)
+                error = _typed_error(errors, document.get("data"), self.client.base_url)
+                if isinstance(error, ShopifyTransientError) and failures < settings.retries:
+                    failures += 1
+                    log.warning("%s; retry %d of %d", error, failures, settings.retries)
+                    self.client.stats.add(retries=1)
+                    self.client.wait_before_retry(failures)
+                    continue
+                raise error
             data = document.get("data")
             if not isinstance(data, dict):
                 raise UnexpectedAnswerError("Shopify's GraphQL answer has neither data nor errors")
             return GraphQLAnswer(data, reading, answer.headers.get("X-Shopify-API-Version"))
-        raise ShopifyTransientError(
-            f"Shopify kept answering THROTTLED after {settings.max_throttle_waits} waits", 429)
 
-    def _note_version(self, version: str | None) -> None:
-        asked = self.client.settings.api_version
-        if version and version != asked and self.answered_version != version:
-            log.warning("Shopify answered with API version %s, not %s: %s is no longer supported and falls "
-                        "forward; move SHOPIFY_API_VERSION to a supported version", version, asked, asked)
-        if version:
-            self.answered_version = version
+    @property
+    def answered_version(self) -> str | None:
+        return self.client.answered_version
 
     def connection_pages(self, query: str, root: str, variables: dict | None = None,
                          first: int | None = None, after: str | None = None) -> Iterator[tuple[list[dict], dict]]:
@@ -126,19 +133,8 @@ class GraphQLClient:
         Without `first`, the page size is chosen by cost: a small first page says what one item costs, then
         every page asks for as many as fit under the single-query maximum and the bucket."""
         seen: set[str] = set()
-        size = first or _PROBE_PAGE
         while True:
-            answer = self.execute(query, {**(variables or {}), "first": size, "after": after})
-            if first is None and answer.cost is not None and answer.cost.requested:
-                per_item = max(0.0, (answer.cost.requested - _CONNECTION_COST) / size)
-                size = page_size_for(per_item, _CONNECTION_COST, self.pacer.maximum)
-            connection = answer.data.get(root)
-            if not isinstance(connection, dict) or not isinstance(connection.get("pageInfo"), dict):
-                raise UnexpectedAnswerError(f"Shopify's answer has no {root} connection with a pageInfo")
-            nodes = connection.get("nodes")
-            if nodes is None:
-                nodes = [edge.get("node") for edge in connection.get("edges") or []]
-            page_info = connection["pageInfo"]
+            nodes, page_info = self.connection_page(query, root, variables, after, first)
             yield nodes, page_info
             if not page_info.get("hasNextPage"):
                 return
@@ -146,6 +142,26 @@ class GraphQLClient:
             if not after or after in seen:
                 raise UnexpectedAnswerError(f"Shopify's {root} cursor repeats or is missing (a cursor loop)")
             seen.add(after)
+
+    def connection_page(self, query: str, root: str, variables: dict | None = None, after: str | None = None,
+                        first: int | None = None) -> tuple[list[dict], dict]:
+        """One page of the connection `root` of `query`, after the cursor `after`, as (nodes, pageInfo).
+
+        Without `first`, the size is the largest the query's cost allows, learned from the first answer."""
+        size = first or self._sizes.get(query, _PROBE_PAGE)
+        answer = self.execute(query, {**(variables or {}), "first": size, "after": after})
+        if first is None and answer.cost is not None and answer.cost.requested:
+            per_item = max(0.0, (answer.cost.requested - _CONNECTION_COST) / size)
+            self._sizes[query] = page_size_for(per_item, _CONNECTION_COST, self.pacer.maximum)
+        connection = answer.data.get(root)
+        if not isinstance(connection, dict) or not isinstance(connection.get("pageInfo"), dict):
+            raise UnexpectedAnswerError(f"Shopify's answer has no {root} connection with a pageInfo")
+        nodes = connection.get("nodes")
+        if nodes is None:
+            nodes = [edge.get("node") for edge in connection.get("edges") or []]
+        if not isinstance(nodes, list):
+            raise UnexpectedAnswerError(f"Shopify's {root} connection has no list of nodes")
+        return nodes, connection["pageInfo"]
 
     def complete_nested(self, nodes: list[dict], field: str, node_query: str, first: int = 250) -> int:
         """Page `field` (a nested connection with `nodes` and `pageInfo`) of every node to its end, in place,
@@ -188,8 +204,11 @@ def _typed_error(errors: list, data: object, shop: str) -> Exception:
             "scope it names and reconnect.", 403)
     if _has_code(errors, "MAX_COST_EXCEEDED"):
         return QueryTooCostlyError(f"Shopify refused a query above the single-query maximum cost ({text}).")
-    if _has_code(errors, "INTERNAL_SERVER_ERROR"):
-        return ShopifyTransientError(f"Shopify's GraphQL API failed internally ({text}); it is retried")
     if data:
         return PartialDataError(f"Shopify answered with partial data and errors ({text}); nothing of it is used")
+    if _has_code(errors, "INTERNAL_SERVER_ERROR"):
+        return ShopifyTransientError(f"Shopify's GraphQL API failed internally ({text})")
+    if "cursor" in text.lower():
+        return InvalidCursorError(f"Shopify refused the page cursor ({text}); the slice restarts from its last "
+                                  "durable position", 400)
     return BadRequestError(f"Shopify refused the GraphQL query ({text})")

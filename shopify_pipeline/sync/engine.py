@@ -17,11 +17,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from urllib.parse import urlsplit
 
 from shopify_pipeline.dynamo.batch_writer import BatchWriter
 from shopify_pipeline.dynamo.client import dynamodb_client, translate_errors
-from shopify_pipeline.dynamo.codec import to_utc
+from shopify_pipeline.dynamo.codec import REST, record_key, updated_at
 from shopify_pipeline.dynamo.connections import Connection, ConnectionStore
 from shopify_pipeline.dynamo.lease import HeldLease, LeaseLostError, new_owner
 from shopify_pipeline.dynamo.pages import PAGES_PER_SLICE, PageStore, page_number, sync_key
@@ -40,6 +39,7 @@ from shopify_pipeline.settings import (
 from shopify_pipeline.shopify.client import ShopifyClient
 from shopify_pipeline.shopify.errors import InvalidCursorError, ShopifyTransientError
 from shopify_pipeline.shopify.pacer import FixedGapPacer
+from shopify_pipeline.shopify.sources import PageSource, page_source
 from shopify_pipeline.sync.records import BadRecordError, bad_records_message, note_bad_records, record_problems
 from shopify_pipeline.sync.tokens import resolve_token
 
@@ -48,6 +48,12 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 DELETIONS_SLICE = 999  # staged pages of destroy events live in this slice, after the record slices
+
+
+class ApiChangedError(PermanentError):
+    """The connection's API changed under a sync that depends on the old one (see the message for what to do)."""
+
+    reason = "api_changed"
 
 
 class UnexpectedError(PermanentError):
@@ -144,11 +150,16 @@ class SyncEngine:
             pacer = FixedGapPacer(gap)
         return ShopifyClient(connection.shop, resolve_token(connection.token_ref), shopify, pacer=pacer)
 
+    def page_source(self, connection: Connection, sync_type: str | None = None) -> PageSource:
+        """How this connection reads Shopify: its API (GraphQL by default, REST if chosen) over a client."""
+        return page_source(connection.api, self.shopify_client(connection, sync_type))
+
     def resolve_sync_type(self, user_id: str, data_type: str, sync_type: str) -> str:
         """`sync_type`, or for `auto`: the unfinished sync of this data type if there is one (the most
         recently saved, to resume it), else `daily` when a sync finished before, else `initial`."""
         if sync_type != AUTO:
             return sync_type
+        connection = self.connections.get(user_id)
         unfinished = []
         for candidate in SYNC_TYPES:
             checkpoint = self.state.load_checkpoint(user_id, candidate, data_type)
@@ -156,7 +167,10 @@ class SyncEngine:
                 unfinished.append((checkpoint.updated_at or "", candidate))
         if unfinished:
             return max(unfinished)[1]
-        return "daily" if self.connections.get(user_id).high_water.get(data_type) else "initial"
+        if not connection.high_water.get(data_type):
+            return "initial"
+        # Documents of the other API's shape are rewritten by a full sync, not patched by a daily one.
+        return "daily" if connection.stored_shape(data_type) == connection.api else "manual"
 
     def staging_key(self, user_id: str, sync_type: str, data_type: str) -> str | None:
         """The key of the staged pages of the sync in progress (named by its checkpoint), or None."""
@@ -176,11 +190,12 @@ class SyncEngine:
         started = time.monotonic()
         connection = self.connections.get(user_id)
         with self._lease(user_id, data_type) as lease:
-            client = None
+            source = None
             try:
                 sync_type = self.resolve_sync_type(user_id, data_type, sync_type)  # under the lease: no race
-                client = self.shopify_client(connection, sync_type)
-                return self._fetch(client, connection, sync_type, data_type, progress or _quiet, started, lease)
+                _check_api(connection, sync_type, data_type)
+                source = self.page_source(connection, sync_type)
+                return self._fetch(source, connection, sync_type, data_type, progress or _quiet, started, lease)
             except (PermanentError, TransientError) as error:
                 self._fail(user_id, sync_type, data_type, "fetch", error, lease)
                 raise
@@ -189,10 +204,10 @@ class SyncEngine:
                 self._fail(user_id, sync_type, data_type, "fetch", unexpected, lease)
                 raise unexpected from error
             finally:
-                if client is not None:
-                    client.close()
+                if source is not None:
+                    source.close()
 
-    def _fetch(self, client: ShopifyClient, connection: Connection, sync_type: str, data_type: str,
+    def _fetch(self, source: PageSource, connection: Connection, sync_type: str, data_type: str,
                progress: Progress, started: float, lease: HeldLease) -> FetchResult:
         user_id = connection.user_id
         fence = lease.fence
@@ -202,9 +217,10 @@ class SyncEngine:
             self.state.set_status(user_id, data_type, "fetching", sync_type, fence=fence, stage="plan",
                                   message=f"Planning the {sync_type} sync of {data_type}...")
             checkpoint = self.state.save_checkpoint(Checkpoint(
-                user_id, sync_type, data_type, self._plan(client, connection, sync_type, data_type)), fence)
+                user_id, sync_type, data_type, self._plan(source, connection, sync_type, data_type)), fence)
         else:
             result.resumed = True
+            _check_resumable(checkpoint, connection)
         state = checkpoint.state
         key = sync_key(user_id, sync_type, data_type, state.get("generation"))
         result.only_recent_orders = bool(state.get("only_recent_orders"))
@@ -216,10 +232,12 @@ class SyncEngine:
         stop = threading.Event()
         noun = data_type
 
-        def save(piece: dict, page_records: int, next_url: str | None, problems: list[dict]) -> None:
+        stats = source.stats
+
+        def save(piece: dict, page_records: int, following: str | None, problems: list[dict]) -> None:
             with lock:
-                piece["next"] = _path(next_url)
-                piece["done"] = next_url is None
+                piece["next"] = following
+                piece["done"] = following is None
                 piece["pages"] += 1
                 piece["records"] += page_records
                 state["pages"] += 1
@@ -231,21 +249,19 @@ class SyncEngine:
                 holder["checkpoint"] = self.state.save_checkpoint(
                     Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version), fence)
                 message = f"Fetching page {state['pages']}... ({state['records']} {noun} so far)"
-                if client.stats.throttled or client.stats.pace_wait_seconds >= 1:
-                    message += (f" [rate limit: {client.stats.throttled} 429s waited out, "
-                                f"{client.stats.pace_wait_seconds:.0f}s paced]")
+                if stats.throttled or stats.pace_wait_seconds >= 1:
+                    message += (f" [rate limit: {stats.throttled} throttled answers waited out, "
+                                f"{stats.pace_wait_seconds:.0f}s paced]")
                 self.state.set_status(user_id, data_type, "fetching", sync_type, fence=fence, stage="fetch",
                                       page=state["pages"], recordCount=state["records"], message=message)
             progress(message)
 
         def run_slice(piece: dict) -> None:
-            seen: set[str] = set()  # the pages this slice fetched in this run: a next link back to one is a loop
+            seen: set[str] = set()  # the positions this slice fetched in this run: going back to one is a loop
             while not piece["done"] and not stop.is_set():
-                url = _absolute(client.base_url, piece["next"]) if piece["next"] else _slice_url(
-                    client, data_type, state, piece)
-                seen.add(_path(url))
+                seen.add(piece["next"] or "")
                 try:
-                    page = client.fetch_page(data_type, url)
+                    page = source.page(data_type, _slice_filters(state, piece), piece["next"])
                 except InvalidCursorError:
                     log.warning("slice %s: Shopify refused its cursor; restarting the slice", piece["i"])
                     # Its pages are fetched anew; older ones must not be loaded after them.
@@ -266,7 +282,7 @@ class SyncEngine:
                 except PermanentError:
                     stop.set()
                     raise
-                if page.next_url and _path(page.next_url) in seen:
+                if page.next is not None and page.next in seen:
                     with lock:
                         piece["failed"] = {"page": piece["pages"] + 1, "error": (
                             f"Shopify's next link after page {piece['pages'] + 1} of slice {piece['i']} points back "
@@ -276,24 +292,23 @@ class SyncEngine:
                     return
                 number = page_number(piece["i"], piece["pages"] + 1)
                 problems = record_problems(data_type, page.records, page=number)
-                self.pages.put(key, number, page.body, len(page.records), page.url, fence)
-                save(piece, len(page.records), page.next_url, problems)
+                self.pages.put(key, number, page.body, len(page.records), page.where, fence)
+                save(piece, len(page.records), page.next, problems)
 
         with ThreadPoolExecutor(max(1, min(len(work), self.options.slices)), thread_name_prefix="fetch") as pool:
             futures = [pool.submit(run_slice, piece) for piece in work]
             errors = [f.exception() for f in futures if f.exception() is not None]
-        stats = client.stats
         result.requests, result.retries = stats.requests, stats.retries
         result.throttled, result.throttle_wait_seconds = stats.throttled, stats.throttle_wait_seconds
         if errors:
             raise next((e for e in errors if isinstance(e, LeaseLostError)), errors[0])
         deletes = state.get("deletes")
         if deletes and not deletes["done"] and not any(p["failed"] for p in state["slices"]):
-            holder["checkpoint"] = self._fetch_deletions(client, key, data_type, state, holder["checkpoint"], lease)
+            holder["checkpoint"] = self._fetch_deletions(source, key, data_type, state, holder["checkpoint"], lease)
         result.failed_pages = [{"slice": p["i"], **p["failed"]} for p in state["slices"] if p["failed"]]
         # What this run's fetch cost: shown by every later status of the sync (`shopify-pipeline status`).
-        state["last_run"] = {"requests": client.stats.requests, "retries": client.stats.retries,
-                             "throttled": client.stats.throttled}
+        state["last_run"] = {"requests": stats.requests, "retries": stats.retries, "throttled": stats.throttled,
+                             **_api_version_note(source, self.shopify_settings.api_version)}
         state["fetch_done"] = (not result.failed_pages and all(p["done"] for p in state["slices"])
                                and state.get("deletes", {}).get("done", True))
         self.state.save_checkpoint(
@@ -322,36 +337,35 @@ class SyncEngine:
                                   message=f"Fetched {state['pages']} pages ({state['records']} {noun}).")
         return result
 
-    def _fetch_deletions(self, client: ShopifyClient, key: str, data_type: str, state: dict,
+    def _fetch_deletions(self, source: PageSource, key: str, data_type: str, state: dict,
                          checkpoint: Checkpoint, lease: HeldLease) -> Checkpoint:
         """Stage the `destroy` events since the high-water mark, as pages of their own slice."""
         deletes = state["deletes"]
         seen: set[str] = set()
         while not deletes["done"]:
-            url = _absolute(client.base_url, deletes["next"]) if deletes["next"] else client.deletion_events_url(
-                data_type, deletes["since"])
-            seen.add(_path(url))
-            page = client.fetch_page("events", url)
-            if page.next_url and _path(page.next_url) in seen:
+            seen.add(deletes["next"] or "")
+            page = source.deletions_page(data_type, deletes["since"], deletes["next"])
+            if page.next is not None and page.next in seen:
                 raise ShopifyTransientError(
                     f"Shopify's next link of the {data_type} deletion events points back to a page already "
                     "fetched (a cursor loop); run the sync again.")
             self.pages.put(key, page_number(DELETIONS_SLICE, deletes["pages"] + 1), page.body, len(page.records),
-                           page.url, lease.fence)
-            deletes.update(next=_path(page.next_url), done=page.next_url is None, pages=deletes["pages"] + 1)
+                           page.where, lease.fence)
+            deletes.update(next=page.next, done=page.next is None, pages=deletes["pages"] + 1)
             checkpoint = self.state.save_checkpoint(
                 Checkpoint(checkpoint.user_id, checkpoint.sync_type, checkpoint.data_type, state, checkpoint.version),
                 lease.fence)
         return checkpoint
 
-    def _plan(self, client: ShopifyClient, connection: Connection, sync_type: str, data_type: str) -> dict:
+    def _plan(self, source: PageSource, connection: Connection, sync_type: str, data_type: str) -> dict:
         """The work of a new sync: a daily sync reads what changed since the high-water mark; a full
-        sync splits the created_at range into slices. Its generation names its staged pages."""
+        sync splits the created_at range into slices. Its generation names its staged pages, and it
+        names its API: its positions are that API's, so it resumes on no other."""
         started_at = _iso(datetime.now(timezone.utc))
-        state = {"started_at": started_at, "generation": uuid.uuid4().hex[:12], "pages": 0, "records": 0,
-                 "fetch_done": False}
+        state = {"started_at": started_at, "generation": uuid.uuid4().hex[:12], "api": source.api, "pages": 0,
+                 "records": 0, "fetch_done": False}
         if data_type == "orders" and sync_type != "daily":  # daily runs stay at one request when little changed
-            state["only_recent_orders"] = "read_all_orders" not in client.granted_scopes()
+            state["only_recent_orders"] = "read_all_orders" not in source.granted_scopes()
             if state["only_recent_orders"]:
                 log.warning("%s: no read_all_orders scope: Shopify shows only the last 60 days of orders",
                             connection.user_id)
@@ -365,17 +379,16 @@ class SyncEngine:
             state["slices"] = [_slice(0, None, None)]
             return state
         state["filters"] = {}
-        state["slices"] = [_slice(i, lo, hi) for i, (lo, hi) in enumerate(self._slices(client, data_type))]
+        state["slices"] = [_slice(i, lo, hi) for i, (lo, hi) in enumerate(self._slices(source, data_type))]
         return state
 
-    def _slices(self, client: ShopifyClient, data_type: str) -> list[tuple[str | None, str | None]]:
-        if self.options.slices <= 1 or client.count(data_type) < self.options.min_records_to_slice:
+    def _slices(self, source: PageSource, data_type: str) -> list[tuple[str | None, str | None]]:
+        if self.options.slices <= 1 or source.count(data_type) < self.options.min_records_to_slice:
             return [(None, None)]
-        oldest = client.fetch_page(data_type, client.first_page_url(
-            data_type, {"limit": 1, "order": "created_at asc", "fields": "id,created_at"})).records
+        oldest = source.oldest_created_at(data_type)
         try:
-            low = datetime.fromisoformat(oldest[0]["created_at"]).astimezone(timezone.utc).replace(microsecond=0)
-        except (IndexError, KeyError, TypeError, ValueError, OverflowError, AttributeError):
+            low = datetime.fromisoformat(oldest.replace("Z", "+00:00")).astimezone(timezone.utc).replace(microsecond=0)
+        except (TypeError, ValueError, OverflowError, AttributeError):
             return [(None, None)]  # no usable oldest record: one slice reads everything just the same
         span = (datetime.now(timezone.utc) - low) / self.options.slices
         bounds = [low + span * i for i in range(self.options.slices)]
@@ -441,7 +454,7 @@ class SyncEngine:
             lease.check()
             if deletions:
                 events = parse_json(self.pages.body(key, page))["events"]
-                deleted = [e.get("subject_id") for e in events if isinstance(e, dict) and e.get("verb") == "destroy"]
+                deleted = [deleted_id(event) for event in events]
                 result.deleted += self.writer.delete_records(user_id, data_type, [i for i in deleted if _is_id(i)])
                 self.pages.mark_loaded(key, page.number, fence)
                 continue
@@ -487,7 +500,7 @@ class SyncEngine:
     def _finish(self, user_id: str, sync_type: str, data_type: str, state: dict, key: str, fence) -> None:
         # The checkpoint goes first and fenced: a sync that lost its lease stops here, before the high-water mark.
         self.state.clear_checkpoint(user_id, sync_type, data_type, fence)
-        self.connections.record_finished(user_id, sync_type, data_type, state["started_at"])
+        self.connections.record_finished(user_id, sync_type, data_type, state["started_at"], state.get("api", REST))
         self.pages.drop(key)
         self.state.set_status(user_id, data_type, "completed", sync_type, fence=fence, stage="done",
                               page=state["pages"], recordCount=state["records"], **state.get("last_run", {}),
@@ -524,7 +537,7 @@ class SyncEngine:
         if not records:
             return records
         table = self.settings.tables.records(data_type)
-        keys = [{"userId": {"S": user_id}, "id": {"N": str(r["id"])}} for r in records]
+        keys = [{"userId": {"S": user_id}, "id": {"N": str(record_key(r))}} for r in records]
         stored: dict[int, str] = {}
         for start in range(0, len(keys), 100):
             request = {table: {"Keys": keys[start:start + 100], "ProjectionExpression": "id, updatedAt",
@@ -536,7 +549,7 @@ class SyncEngine:
                     if "updatedAt" in item:
                         stored[int(item["id"]["N"])] = item["updatedAt"]["S"]
                 request = answer.get("UnprocessedKeys") or None
-        return [r for r in records if (to_utc(r.get("updated_at")) or "") >= stored.get(r["id"], "")]
+        return [r for r in records if (updated_at(r) or "") >= stored.get(record_key(r), "")]
 
     def _fail(self, user_id: str, sync_type: str, data_type: str, stage: str, error: Exception,
               lease: HeldLease) -> None:
@@ -567,26 +580,63 @@ def _slice(index: int, low: str | None, high: str | None) -> dict:
             "failed": None}
 
 
-def _slice_url(client: ShopifyClient, data_type: str, state: dict, piece: dict) -> str:
-    params = dict(state.get("filters", {}))
+def _slice_filters(state: dict, piece: dict) -> dict:
+    """The filters of a slice's first page: the sync's (daily: updated_at_min) and the slice's created_at range."""
+    filters = dict(state.get("filters", {}))
     if piece.get("min"):
-        params["created_at_min"] = piece["min"]
+        filters["created_at_min"] = piece["min"]
     if piece.get("max"):
-        params["created_at_max"] = piece["max"]
-    return client.first_page_url(data_type, params)
+        filters["created_at_max"] = piece["max"]
+    return filters
 
 
-def _path(url: str | None) -> str | None:
-    """A next link without its scheme and host (the checkpoint stays small; the host is the shop's)."""
-    if url is None:
+def deleted_id(event: object) -> int | None:
+    """The id of the record a staged `destroy` event deleted: REST's `subject_id`, GraphQL's `subjectId` gid."""
+    if not isinstance(event, dict):
         return None
-    parts = urlsplit(url)
-    return f"{parts.path}?{parts.query}" if parts.query else parts.path
+    if event.get("verb") == "destroy":
+        return event.get("subject_id")
+    subject = event.get("subjectId")
+    if event.get("action") == "destroy" and isinstance(subject, str):
+        number = subject.rsplit("/", 1)[-1]
+        return int(number) if subject.startswith("gid://") and number.isdigit() else None
+    return None
 
 
-def _absolute(base_url: str, path: str) -> str:
-    parts = urlsplit(base_url)
-    return f"{parts.scheme}://{parts.netloc}{path}"
+def _check_api(connection: Connection, sync_type: str, data_type: str) -> None:
+    """A daily sync patches stored documents: refused when they have the other API's shape."""
+    stored = connection.stored_shape(data_type)
+    if sync_type == "daily" and stored and stored != connection.api:
+        raise ApiChangedError(
+            f"{connection.user_id}'s {data_type} in DynamoDB are {stored.upper()}-shaped documents, but the "
+            f"connection now uses {connection.api.upper()}: a daily sync would mix the two. Run a full sync that "
+            f"rewrites them: `shopify-pipeline sync --user {connection.user_id} --type manual --data-types "
+            f"{data_type}` (sync type auto chooses it too).")
+
+
+def _check_resumable(checkpoint: Checkpoint, connection: Connection) -> None:
+    """A checkpoint's positions (REST links, GraphQL cursors) mean something to one API only."""
+    api = checkpoint.state.get("api", REST)
+    if api != connection.api:
+        raise ApiChangedError(
+            f"the unfinished {checkpoint.sync_type} sync of {checkpoint.data_type} for {connection.user_id} was "
+            f"started on {api.upper()}, but the connection now uses {connection.api.upper()}; its positions cannot "
+            f"be resumed on another API. Switch back with `shopify-pipeline users add --replace --api {api} ...` "
+            "to finish it, or clear it and start over: `shopify-pipeline checkpoint clear --user "
+            f"{connection.user_id} --sync-type {checkpoint.sync_type} --data-type {checkpoint.data_type}`.")
+
+
+def _api_version_note(source: PageSource, asked: str) -> dict:
+    """The API version that answered, and a warning when it is not the one asked for (fell forward)."""
+    answered = source.answered_version
+    if not answered:
+        return {}
+    note = {"apiVersion": answered}
+    if answered != asked and answered != "unstable":
+        note["apiVersionWarning"] = (
+            f"asked for API version {asked}, Shopify answered with {answered}: {asked} is no longer supported "
+            "and fell forward. Set SHOPIFY_API_VERSION to a supported version.")
+    return note
 
 
 def _iso(moment: datetime) -> str:

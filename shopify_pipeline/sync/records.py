@@ -1,17 +1,17 @@
 """Records Shopify sent that we cannot store: found page by page, reported by position and field.
 
-A record without an integer id cannot be keyed, and a timestamp that does not parse cannot be queried.
+A record without an integer id (REST's `id`, GraphQL's `legacyResourceId`) cannot be keyed, and a timestamp
+that does not parse cannot be queried.
 Such a record is never guessed at: the rest of its page is written, and the sync ends failed with a
 permanent data error naming the page, the record's position on it and the field.
 """
 
 from __future__ import annotations
 
-from shopify_pipeline.dynamo.codec import to_utc
+from shopify_pipeline.dynamo.codec import UnkeyableRecordError, record_key, timestamp_fields, to_utc
 from shopify_pipeline.errors import PermanentError
 
 MAX_REPORTED = 20  # the checkpoint keeps this many problems (and the count of all): it must stay small
-_TIMESTAMPS = ("created_at", "updated_at")
 
 
 class BadRecordError(PermanentError):
@@ -35,14 +35,11 @@ def record_problems(data_type: str, records: list, page: int) -> list[dict]:
 def _problem(record: object) -> tuple[str, str] | None:
     if not isinstance(record, dict):
         return "(record)", f"is a JSON {type(record).__name__}, not an object"
-    record_id = record.get("id")
-    if "id" not in record or record_id is None:
-        return "id", "is missing"
-    if isinstance(record_id, bool) or not isinstance(record_id, int):
-        return "id", f"is not an integer ({type(record_id).__name__})"
-    if not 0 < record_id < 2**63:
-        return "id", "is not a positive 64-bit integer"
-    for field in _TIMESTAMPS:
+    try:
+        record_key(record)  # exactly what the codec will key it by (REST's id, GraphQL's legacyResourceId)
+    except UnkeyableRecordError as error:
+        return error.field, error.problem
+    for field in timestamp_fields(record):
         value = record.get(field)
         if value is None:
             continue

@@ -234,11 +234,21 @@ class SyncService:
 
     # Connections ---------------------------------------------------------------------------------
 
-    def add_connection(self, user_id: str, shop: str, token_ref: str, replace: bool = False) -> Connection:
+    def add_connection(self, user_id: str, shop: str, token_ref: str, replace: bool = False,
+                       api: str | None = None) -> Connection:
         """Connect (or reconnect) a user's shop. Refuses a bad user id, shop domain or token reference
         (TokenReferenceError, e.g. a token pasted where `env:VAR` belongs) before anything is stored, and
-        a different shop for a connected user unless `replace` (ShopChangeRefusedError says what happens)."""
+        a different shop for a connected user unless `replace` (ShopChangeRefusedError says what happens).
+
+        `api` is the API syncs read through: graphql (the default for a new connection) or rest; a reconnect
+        without it keeps the connection's API. See `api_change_notice` for what a change means."""
         from shopify_pipeline.shopify.client import shop_base_url
+        from shopify_pipeline.shopify.sources import APIS, DEFAULT_API
+
+        if api is not None and api not in APIS:
+            from shopify_pipeline.settings import SettingsError
+
+            raise SettingsError(f"unknown Shopify API {api!r}; expected one of {', '.join(APIS)}")
 
         check_user_id(user_id)
         check_token_ref(token_ref)
@@ -253,7 +263,19 @@ class SyncService:
                 "user's high-water marks and last syncs (the next sync is a full initial one); the old shop's "
                 "records stay in the tables under this user id, beside the new shop's. Run `users add` again with "
                 "--replace to do that, or connect the new shop under a new user id to keep them apart.")
-        return self.engine.connections.add(user_id, shop, token_ref)
+        same_shop = old is not None and shop_base_url(old.shop, allow_local=True) == new_base
+        return self.engine.connections.add(user_id, shop, token_ref, api or (old.api if same_shop else DEFAULT_API))
+
+    @staticmethod
+    def api_change_notice(connection: Connection) -> str | None:
+        """What to do when a connection's API differs from the shape of documents already stored, else None."""
+        stale = [d for d in DATA_TYPES if connection.stored_shape(d) not in (None, connection.api)]
+        if not stale:
+            return None
+        return (f"{connection.user_id} now syncs through {connection.api.upper()}, but its stored "
+                f"{', '.join(stale)} are {connection.stored_shape(stale[0]).upper()}-shaped. Run a manual full sync "
+                f"to rewrite them: `shopify-pipeline sync --user {connection.user_id} --type manual` (auto chooses "
+                "it too). Until then, daily syncs of them are refused rather than mixing the two shapes.")
 
     def list_connections(self) -> list[Connection]:
         """Every connection; print them with `Connection.public()`, which hides literal tokens."""

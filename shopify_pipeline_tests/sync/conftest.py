@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from shopify_pipeline.dynamo.codec import record_key
 from shopify_pipeline.dynamo.records import RecordTable
 from shopify_pipeline.exact_json import parse_json
 from shopify_pipeline.settings import ShopifySettings
@@ -18,6 +19,8 @@ SHOPS = [
                large_order_every=500, large_order_line_items=700),
     ShopConfig("small", "shpat_small", orders=60, products=5, customers=7, seed=12, plan="plus"),
     ShopConfig("frozen", "shpat_frozen", orders=5, state="frozen"),
+    ShopConfig("catalog", "shpat_catalog", orders=5, products=30, customers=5, seed=13, plan="plus",
+               large_product_every=10, large_product_variants=300),
     ShopConfig("recent", "shpat_recent", orders=30, scopes=("read_orders", "read_products", "read_customers"),
                history_days=200, plan="plus"),
 ]
@@ -35,18 +38,20 @@ def service(settings, sim):
         sim.set_faults(shop.name, FaultConfig())
     engine = SyncEngine(settings, FAST_SHOPIFY, SyncOptions(slices=4, min_records_to_slice=500))
     svc = SyncService(engine)
-    for shop in SHOPS:
-        svc.add_connection(f"user-{shop.name}", sim.shop_url(shop.name), f"literal:{shop.token}")
+    for shop in SHOPS:  # user-… read through REST (the option these tests grew up on), gql-… through GraphQL
+        svc.add_connection(f"user-{shop.name}", sim.shop_url(shop.name), f"literal:{shop.token}", api="rest")
+        svc.add_connection(f"gql-{shop.name}", sim.shop_url(shop.name), f"literal:{shop.token}")
     return svc
 
 
 def source_of_truth(sim, shop: str, data_type: str) -> dict[int, dict]:
-    """The simulator's records, with fractions as Decimal like ours (its floats print back exactly)."""
-    return {doc["id"]: doc for doc in (parse_json(json.dumps(r)) for r in sim.records(shop, data_type))}
+    """The simulator's records as REST serves them, fractions as Decimal like ours (its floats print back exactly)."""
+    return {doc["id"]: doc for doc in (parse_json(json.dumps(r)) for r in sim.records(shop, data_type, rest=True))}
 
 
 def stored(service, user: str, data_type: str) -> dict[int, dict]:
+    """The user's stored documents by their numeric id (REST's id, GraphQL's legacyResourceId)."""
     table = RecordTable(service.engine.dynamodb, service.engine.settings, data_type)
     docs = list(table.documents(user))
-    assert len(docs) == len({d["id"] for d in docs})
-    return {doc["id"]: doc for doc in docs}
+    assert len(docs) == len({record_key(d) for d in docs})
+    return {record_key(doc): doc for doc in docs}

@@ -190,7 +190,7 @@ def test_the_cli_prints_the_user_id_rule_for_an_empty_user(settings):
 
 
 def test_a_sync_stopped_mid_fetch_reports_what_its_checkpoint_kept(svc, shop_sim):
-    svc.add_connection("u-mid", shop_sim.shop_url("leaky"), f"literal:{TOKEN}")
+    svc.add_connection("u-mid", shop_sim.shop_url("leaky"), f"literal:{TOKEN}", api="rest")
     pages_saved = []
 
     def freeze_after_two_pages(message: str) -> None:
@@ -214,7 +214,7 @@ def test_a_sync_stopped_mid_fetch_reports_what_its_checkpoint_kept(svc, shop_sim
 
 
 def test_the_cli_summary_says_the_pages_fetched_so_far_are_kept(settings, svc, shop_sim):
-    svc.add_connection("u-mid", shop_sim.shop_url("leaky"), f"literal:{TOKEN}")
+    svc.add_connection("u-mid", shop_sim.shop_url("leaky"), f"literal:{TOKEN}", api="rest")
     # Pages 1 and 2 are served, then every page 3 answers 404: a permanent error after 500 orders.
     shop_sim.set_faults("leaky", FaultConfig(rules=(FaultRule("404", endpoint="orders", page=3, times=0),)))
     try:

@@ -24,7 +24,7 @@ def test_failed_batch_26_50_is_saved_then_retried_to_success(settings, sim):
         proxied = replace(settings, dynamodb_endpoint_url=proxy.endpoint_url, write_workers=1,
                           unprocessed_retries=2, unprocessed_backoff_seconds=0.001)
         service = SyncService(SyncEngine(proxied, FAST_SHOPIFY, SyncOptions(slices=1)))
-        service.add_connection("user-small", sim.shop_url("small"), "literal:shpat_small")
+        service.add_connection("user-small", sim.shop_url("small"), "literal:shpat_small", api="rest")
         # The second BatchWriteItem (records 26-50) keeps coming back unprocessed: 1 try + 2 resubmissions.
         original = service.engine.writer._submit
         calls = {"n": 0}
@@ -76,7 +76,7 @@ def _sync_process(settings, sim) -> subprocess.Popen:
 
 def test_a_sync_killed_with_sigkill_resumes_and_refetches_at_most_one_page_per_slice(settings, slow_sim):
     engine = SyncEngine(settings, FAST_SHOPIFY)
-    SyncService(engine).add_connection("user-big", slow_sim.shop_url("big"), "literal:shpat_big")
+    SyncService(engine).add_connection("user-big", slow_sim.shop_url("big"), "literal:shpat_big", api="rest")
     rng = random.Random(7)
     kills = 0
     for _ in range(3):
@@ -111,7 +111,7 @@ def test_a_sync_killed_with_sigkill_resumes_and_refetches_at_most_one_page_per_s
 
 def test_a_retried_batch_never_overwrites_a_newer_copy(settings, sim):
     service = SyncService(SyncEngine(settings, FAST_SHOPIFY))
-    service.add_connection("user-small", sim.shop_url("small"), "literal:shpat_small")
+    service.add_connection("user-small", sim.shop_url("small"), "literal:shpat_small", api="rest")
     assert service.initial_sync("user-small", data_types=("orders",)).success
     current = stored(service, "user-small", "orders")
     older_id, newer_id = sorted(current)[:2]
