@@ -5,7 +5,7 @@ One simulator process serves three shops on the "standard" plan at time_scale 1 
 bucket: 2 000 points restoring 100 points/s; REST: 40 requests leaking 2/s), one per client so that each
 has its own buckets; every LARGE_EVERY-th order has LARGE_LINE_ITEMS line items (nested paging).
 
-- GraphQL, `connection_pages`: the orders query of the P8 brief (a dozen scalars, totalPriceSet,
+- GraphQL, `connection_pages`: the orders query P8 is specified with (a dozen scalars, totalPriceSet,
   customer { id }, lineItems(first: 25) with pageInfo), the page size chosen by cost after the 10-order
   probe; each page's orders with more than 25 line items completed with `complete_nested` (250 a query).
 - GraphQL, the engine's source: `GraphQLSource.page("orders", …)` from shopify/sources.py, page after page
@@ -340,7 +340,7 @@ def _summary(run: Fetched, truth: dict[int, int], stats: dict, ceiling: float, n
 def run() -> None:
     header("P8 GraphQL paged fetch")
     print(f"Standard plan at time_scale {TIME_SCALE}: GraphQL bucket 2000 points restoring 100/s, REST 40 requests "
-          f"leaking 2/s. Shops of {ORDERS} orders (GraphQL brief query, REST) and {SYNC_ORDERS} (engine's query); "
+          f"leaking 2/s. Shops of {ORDERS} orders (GraphQL P8 query, REST) and {SYNC_ORDERS} (engine's query); "
           f"every {LARGE_EVERY}th order has {LARGE_LINE_ITEMS} line items.", flush=True)
     shops = [_shop("gql", ORDERS), _shop("rest", ORDERS), _shop("sync", SYNC_ORDERS)]
     with RemoteSimulator(shops, time_scale=TIME_SCALE) as sim:
