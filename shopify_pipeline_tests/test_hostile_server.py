@@ -30,7 +30,7 @@ from shopify_pipeline_tests.support.hostile_server import (
 )
 
 TOKEN = "shpat_acme"
-ORDERS = "/shops/acme/admin/api/2025-10/orders.json?limit=50&status=any"
+ORDERS = "/shops/acme/admin/api/2026-10/orders.json?limit=50&status=any"
 AUTH = {"X-Shopify-Access-Token": TOKEN}
 MiB = 1024 * 1024
 
@@ -78,11 +78,11 @@ def test_proxy_rewrites_next_links_so_paging_stays_on_the_hostile_server(sim: Si
         assert response.status_code == 200
         ids += [order["id"] for order in response.json()["orders"]]
         url = response.links["next"]["url"]
-        assert url.startswith(f"{server.url}/shops/acme/admin/api/2025-10/orders.json?")
+        assert url.startswith(f"{server.url}/shops/acme/admin/api/2026-10/orders.json?")
         assert sim.base_url not in response.headers["Link"]
     assert len(ids) == len(set(ids)) == 200
     assert [seen.number for seen in server.seen] == [1, 2, 3, 4]
-    assert all(seen.path.startswith("/shops/acme/admin/api/2025-10/orders.json?") for seen in server.seen)
+    assert all(seen.path.startswith("/shops/acme/admin/api/2026-10/orders.json?") for seen in server.seen)
     assert "page_info=" in server.seen[3].path
     assert server.requests_to("page_info=") == server.seen[1:]
     assert sim.stats("acme")["requests"]["orders"] >= 4
@@ -289,7 +289,7 @@ def test_drop_closes_without_an_answer(server: HostileServer) -> None:
 
 def test_hold_proxies_after_release_so_the_answer_reflects_the_upstream_then(sim: Simulator,
                                                                              server: HostileServer) -> None:
-    count = "/shops/acme/admin/api/2025-10/orders/count.json?status=any"
+    count = "/shops/acme/admin/api/2026-10/orders/count.json?status=any"
     before = requests.get(f"{server.url}{count}", headers=AUTH, timeout=5).json()["count"]
     hold = Hold(threading.Event())
     server.script(rule_for("count.json", hold))

@@ -1,15 +1,15 @@
 """Fixtures for the Dagster layer: the simulator, DynamoDB Local tables, resources and a real instance."""
 
-import json
 
 import dagster as dg
 import pytest
 
 from shopify_pipeline.defs.resources import DynamoDBResource, ShopifyResource, SyncEngineResource
+from shopify_pipeline.dynamo.codec import record_key
 from shopify_pipeline.dynamo.records import RecordTable
-from shopify_pipeline.exact_json import parse_json
 from shopify_pipeline.simulator import FaultConfig, ShopConfig, Simulator
 from shopify_pipeline.sync.service import SyncService
+from shopify_pipeline_tests.support.graphql_truth import graphql_truth
 
 SHOPS = [
     ShopConfig("acme", "shpat_acme", orders=700, products=40, customers=60, seed=21, plan="plus"),
@@ -65,11 +65,12 @@ def instance():
 
 
 def source_of_truth(sim, shop: str, data_type: str) -> dict[int, dict]:
-    """The simulator's records, with fractions as Decimal like ours (its floats print back exactly)."""
-    return {doc["id"]: doc for doc in (parse_json(json.dumps(r)) for r in sim.records(shop, data_type))}
+    """The simulator's records as GraphQL serves them (the users here read through GraphQL, the default)."""
+    return graphql_truth(sim, shop, data_type)
 
 
 def stored(engine, user: str, data_type: str) -> dict[int, dict]:
+    """A user's stored documents by numeric id (REST's id, GraphQL's legacyResourceId)."""
     docs = list(RecordTable(engine.dynamodb, engine.settings, data_type).documents(user))
-    assert len(docs) == len({d["id"] for d in docs})
-    return {doc["id"]: doc for doc in docs}
+    assert len(docs) == len({record_key(d) for d in docs})
+    return {record_key(doc): doc for doc in docs}

@@ -17,12 +17,14 @@ from dataclasses import replace
 import pytest
 
 from shopify_pipeline.dynamo.client import dynamodb_client
+from shopify_pipeline.dynamo.codec import GRAPHQL, REST
 from shopify_pipeline.dynamo.state import CheckpointError, LeaseHeldError, checkpoint_key
 from shopify_pipeline.shopify.errors import UnsafeUrlError
 from shopify_pipeline.simulator import FaultConfig, FaultRule, ShopConfig, Simulator
 from shopify_pipeline.sync.engine import SyncEngine, SyncOptions
 from shopify_pipeline.sync.service import SyncService
 from shopify_pipeline_tests.support.dynamo_fault_proxy import DynamoFaultProxy
+from shopify_pipeline_tests.support.graphql_truth import graphql_truth
 from shopify_pipeline_tests.sync.conftest import FAST_SHOPIFY, source_of_truth, stored
 
 TOKEN = "shpat_fault_suite_secret"
@@ -40,23 +42,37 @@ def sim():
 
 
 @pytest.fixture
-def service(settings, sim, monkeypatch):
+def api(request):
+    """The API the suite's users read through: GraphQL (the default) unless a test is parametrized with
+    `@pytest.mark.parametrize("api", APIS, indirect=True)` to run on both."""
+    return getattr(request, "param", GRAPHQL)
+
+
+APIS = [GRAPHQL, REST]
+
+
+@pytest.fixture
+def service(settings, sim, monkeypatch, api):
     monkeypatch.setenv("FAULT_SUITE_TOKEN", TOKEN)
     for shop in ("matrix", "killme"):
         sim.set_faults(shop, FaultConfig(latency_seconds=0.04) if shop == "killme" else FaultConfig())
     svc = SyncService(SyncEngine(settings, FAST_SHOPIFY, SyncOptions(slices=3, min_records_to_slice=300)))
-    svc.add_connection("user-matrix", sim.shop_url("matrix"), "env:FAULT_SUITE_TOKEN")
-    svc.add_connection("user-killme", sim.shop_url("killme"), "env:FAULT_SUITE_TOKEN")
+    svc.add_connection("user-matrix", sim.shop_url("matrix"), "env:FAULT_SUITE_TOKEN", api=api)
+    svc.add_connection("user-killme", sim.shop_url("killme"), "env:FAULT_SUITE_TOKEN", api=api)
     return svc
 
 
 def _equal_to_source(service, sim, user, shop, data_types=("orders",)):
+    """The user's records equal the simulator's, as the user's API serves them."""
+    api = service.engine.connections.get(user).api
     for data_type in data_types:
-        assert stored(service, user, data_type) == source_of_truth(sim, shop, data_type), data_type
+        truth = graphql_truth(sim, shop, data_type) if api == GRAPHQL else source_of_truth(sim, shop, data_type)
+        assert stored(service, user, data_type) == truth, data_type
 
 
 # Kill -9 ---------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("api", APIS, indirect=True)
 def test_kill_9_at_ten_random_points_then_rerun_copies_everything_exactly(service, sim, settings):
     prefix = settings.tables.checkpoints.removesuffix("sync_checkpoints")
     env = {**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": settings.dynamodb_endpoint_url,
@@ -93,10 +109,14 @@ SHOPIFY_FAULTS = {
     "connection resets": FaultConfig(seed=4, reset_rate=0.2),
     "truncated and malformed JSON": FaultConfig(seed=5, truncate_rate=0.15, malformed_rate=0.15),
     "429 storm": FaultConfig(seed=6, rules=(FaultRule("429", times=25),)),
-    "a page that never works": FaultConfig(seed=7, rules=(FaultRule("502", endpoint="orders", page=2, times=0),)),
+    "a page that never works": FaultConfig(seed=7, rules=(
+        FaultRule("502", endpoint="orders", page=2, times=0),
+        FaultRule("502", endpoint="graphql:orders", page=2, times=0),
+    )),
 }
 
 
+@pytest.mark.parametrize("api", APIS, indirect=True)
 @pytest.mark.parametrize("name", list(SHOPIFY_FAULTS))
 def test_shopify_faults_lose_nothing(service, sim, name):
     sim.set_faults("matrix", SHOPIFY_FAULTS[name])

@@ -28,6 +28,7 @@ from shopify_pipeline.shopify.errors import RedirectRefusedError, ResponseTooLar
 from shopify_pipeline.simulator import ShopConfig, Simulator
 from shopify_pipeline.sync.engine import SyncEngine, SyncOptions
 from shopify_pipeline.sync.service import SyncService
+from shopify_pipeline_tests.support.graphql_truth import graphql_truth
 from shopify_pipeline_tests.support.hostile_server import (
     Hold,
     HostileServer,
@@ -69,9 +70,11 @@ def elsewhere(sim):
         yield server
 
 
-def _service(settings, hostile, shop="prey", shopify=FAST_SHOPIFY, **options) -> SyncService:
+def _service(settings, hostile, shop="prey", shopify=FAST_SHOPIFY, api="rest", **options) -> SyncService:
+    """A service whose user `victim` reads the shop through the hostile server; REST unless `api` says
+    otherwise (most scenarios here script REST paths: next links, page_info)."""
     service = SyncService(SyncEngine(settings, shopify, SyncOptions(**{"slices": 1, **options})))
-    service.add_connection("victim", f"{hostile.url}/shops/{shop}", f"literal:{TOKEN}")
+    service.add_connection("victim", f"{hostile.url}/shops/{shop}", f"literal:{TOKEN}", api=api)
     return service
 
 
@@ -123,7 +126,7 @@ def test_a_sync_that_outlived_its_lease_cannot_touch_the_syncs_after_it(settings
     hostile.script(rule_for("page_info", hold, times=1))
     engine_settings = dataclasses.replace(settings, lease_seconds=3.0)
     service = SyncService(SyncEngine(engine_settings, FAST_SHOPIFY, SyncOptions(slices=1)))
-    service.add_connection("victim", f"{hostile.url}/shops/prey", f"literal:{TOKEN}")
+    service.add_connection("victim", f"{hostile.url}/shops/prey", f"literal:{TOKEN}", api="rest")
     env = _cli_env(settings, SHOPIFY_PAGE_SIZE="50", SYNC_LEASE_SECONDS="3")
     sync_a = subprocess.Popen(SYNC_ORDERS, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -345,7 +348,7 @@ def test_a_page_put_delayed_past_a_lease_takeover_is_refused(settings, sim, host
     shopify = dataclasses.replace(FAST_SHOPIFY, page_size=50)
     a = SyncEngine(settings, shopify, SyncOptions(slices=1))
     b = SyncEngine(settings, shopify, SyncOptions(slices=1))
-    SyncService(a).add_connection("victim", f"{hostile.url}/shops/prey", f"literal:{TOKEN}")
+    SyncService(a).add_connection("victim", f"{hostile.url}/shops/prey", f"literal:{TOKEN}", api="rest")
     at_put, go = threading.Event(), threading.Event()
     real_put = a.pages.put
 
@@ -430,3 +433,53 @@ def test_one_threads_retry_never_cancels_another_threads_deadline():
         client.get(client.api_url("orders.json", {"err": 1}))  # 500, then 200 after a 1 s backoff
         reader.join(60)  # 400 bytes at 0.5 s each would take 200 s: only the deadline ends it
         assert outcome["b"] == "IncompleteAnswerError"
+
+
+# GraphQL: the same rules on the one GraphQL endpoint -----------------------------------------------------
+
+LISTING = b"query Sync("  # the listing query of a sync (shopify/sources.py); scopes and counts are others
+
+
+def test_a_graphql_sync_through_a_relaying_server_arrives_whole(settings, sim, hostile):
+    service = _service(settings, hostile, api="graphql")
+    assert service.initial_sync("victim", ("orders",)).success
+    assert stored(service, "victim", "orders") == graphql_truth(sim, "prey", "orders")
+
+
+@pytest.mark.parametrize("status", [301, 307])
+def test_a_redirect_of_the_graphql_endpoint_is_refused_and_the_other_host_sees_nothing(settings, hostile,
+                                                                                      elsewhere, status):
+    hostile.script(lambda seen: Redirect(f"{elsewhere.url}{seen.path}", status) if LISTING in seen.body else None)
+    service = _service(settings, hostile, api="graphql")
+    result = service.initial_sync("victim", ("orders",))
+    assert not result.success and "redirect" in result.data_types["orders"].error
+    assert elsewhere.seen == []  # not one request, so not the token either
+    assert stored(service, "victim", "orders") == {}
+    status_item = service.get_sync_status("victim")["dataTypes"]["orders"]
+    assert status_item["error"]["reason"] == "redirect" and status_item["error"]["permanent"] is True
+
+
+def test_a_huge_graphql_answer_fails_its_page_without_being_read(settings, hostile):
+    hostile.script(lambda seen: Huge(8 * 2**20) if LISTING in seen.body else None)
+    shopify = dataclasses.replace(FAST_SHOPIFY, max_response_bytes=2**20)
+    service = _service(settings, hostile, shopify=shopify, api="graphql")
+    result = service.initial_sync("victim", ("orders",))
+    failed = result.data_types["orders"].failed_pages
+    assert not result.success and len(failed) == 1 and "larger than the 1,048,576 byte cap" in failed[0]["error"]
+    assert stored(service, "victim", "orders") == {}
+
+
+def test_a_graphql_cursor_that_repeats_fails_the_slice_instead_of_staging_forever(settings, hostile):
+    order = {"id": "gid://shopify/Order/99", "legacyResourceId": "99", "updatedAt": "2026-01-01T00:00:00Z",
+             "createdAt": "2026-01-01T00:00:00Z", "lineItems": {"nodes": [], "pageInfo": {"hasNextPage": False}}}
+    page = {"data": {"orders": {"nodes": [order], "pageInfo": {"hasNextPage": True, "endCursor": "loop"}}},
+            "extensions": {"cost": {"requestedQueryCost": 12, "actualQueryCost": 5, "throttleStatus": {
+                "maximumAvailable": 2000.0, "currentlyAvailable": 1990.0, "restoreRate": 100.0}}}}
+    hostile.script(lambda seen: Respond(200, json.dumps(page).encode(), {"Content-Type": "application/json"})
+                   if LISTING in seen.body else None)
+    service = _service(settings, hostile, api="graphql")
+    result = service.initial_sync("victim", ("orders",))
+    failed = result.data_types["orders"].failed_pages
+    assert not result.success and len(failed) == 1 and "cursor loop" in failed[0]["error"]
+    assert len([s for s in hostile.seen if LISTING in s.body]) == 2  # the first page, and the loop once
+    assert set(stored(service, "victim", "orders")) == {99}  # the page before the loop is kept
