@@ -105,10 +105,16 @@ class CostPacer:
             self._sleep(pause)
             waited += pause
 
-    def observe(self, reading: CostReading | None) -> None:
+    def observe(self, reading: CostReading | None, reserved: float = 0.0) -> None:
         """Correct the model from an answer's cost reading (Shopify's count wins: it includes other apps'
-        spending and the refund of requested minus actual cost)."""
+        spending and the refund of requested minus actual cost). An answer without a usable reading gives
+        back what `acquire` reserved for it: the model must not shrink by a full query on every such answer
+        (it would stall, one bucket-refill wait per query), and if Shopify did charge it, its next answer
+        or a THROTTLED says so."""
         if reading is None:
+            with self._lock:
+                self._restore(self._clock())
+                self._available = min(self.maximum, self._available + max(0.0, reserved))
             return
         with self._lock:
             self._restore(self._clock())

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from shopify_pipeline.shopify.client import ShopifyClient, UnexpectedAnswerError
-from shopify_pipeline.shopify.cost_pacer import CostPacer, CostReading, page_size_for
+from shopify_pipeline.shopify.cost_pacer import SINGLE_QUERY_MAX_COST, CostPacer, CostReading, page_size_for
 from shopify_pipeline.shopify.errors import (
     BadRequestError,
     InvalidCursorError,
@@ -73,19 +73,24 @@ class GraphQLClient:
         self.url = client.api_url("graphql.json")
         self._requested: dict[tuple[str, int | None], float] = {}  # (query, first) -> last requested cost
         self._sizes: dict[str, int] = {}  # query -> the page size its cost allows, once an answer said
+        self._per_item: dict[str, float] = {}  # query -> requested cost of one item of its connection
 
-    def execute(self, query: str, variables: dict | None = None) -> GraphQLAnswer:
+    def execute(self, query: str, variables: dict | None = None, expected_cost: float | None = None) -> GraphQLAnswer:
         """Run one query. Waits for its cost to be available first, and again after a THROTTLED answer (which
         does not use up error retries). Errors Shopify calls internal, and partial data, are asked again with
-        the client's backoff (1 → 2 → 4 s); every other error raises a typed ShopifyError at once."""
+        the client's backoff (1 → 2 → 4 s); every other error raises a typed ShopifyError at once.
+
+        The cost waited for is what Shopify last requested for this query and `first`; before any answer
+        said so, `expected_cost` when the caller can tell, else the single-query maximum."""
         variables = variables or {}
         key = (query, variables.get("first"))
         settings = self.client.settings
         throttled = failures = 0
         while True:
-            # Until an answer says what this query costs, assume the bucket's worth: never more than that.
-            requested = self._requested.get(key, min(self.pacer.maximum, 1000.0))
+            unknown = expected_cost if expected_cost is not None else SINGLE_QUERY_MAX_COST
+            requested = self._requested.get(key, min(self.pacer.maximum, unknown))
             waited = self.pacer.acquire(requested)
+            waited_for = min(requested, self.pacer.maximum)  # what acquire reserved
             self.client.stats.add(pace_wait_seconds=waited)
             document, answer = self.client.request_json("POST", self.url, {"query": query, "variables": variables},
                                                         paced=False)
@@ -104,7 +109,7 @@ class GraphQLClient:
                          reading.requested if reading else "?", wait)
                 self.client.stats.add(throttled=1, throttle_wait_seconds=wait)
                 continue
-            self.pacer.observe(reading)
+            self.pacer.observe(reading, reserved=waited_for)
             if reading is not None and reading.requested:
                 self._requested[key] = reading.requested
             if errors:
@@ -149,10 +154,13 @@ class GraphQLClient:
 
         Without `first`, the size is the largest the query's cost allows, learned from the first answer."""
         size = first or self._sizes.get(query, _PROBE_PAGE)
-        answer = self.execute(query, {**(variables or {}), "first": size, "after": after})
-        if first is None and answer.cost is not None and answer.cost.requested:
-            per_item = max(0.0, (answer.cost.requested - _CONNECTION_COST) / size)
-            self._sizes[query] = page_size_for(per_item, _CONNECTION_COST, self.pacer.maximum)
+        per_item = self._per_item.get(query)
+        expected = None if per_item is None else _CONNECTION_COST + size * per_item
+        answer = self.execute(query, {**(variables or {}), "first": size, "after": after}, expected)
+        if answer.cost is not None and answer.cost.requested:
+            self._per_item[query] = max(0.0, (answer.cost.requested - _CONNECTION_COST) / size)
+            if first is None:
+                self._sizes[query] = page_size_for(self._per_item[query], _CONNECTION_COST, self.pacer.maximum)
         connection = answer.data.get(root)
         if not isinstance(connection, dict) or not isinstance(connection.get("pageInfo"), dict):
             raise UnexpectedAnswerError(f"Shopify's answer has no {root} connection with a pageInfo")

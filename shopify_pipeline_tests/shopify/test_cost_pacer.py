@@ -55,3 +55,12 @@ def test_page_size_keeps_the_requested_cost_under_the_single_query_maximum():
     assert 2 + first * 13 <= 1000 < 2 + (first + 1) * 13
     assert page_size_for(per_item_cost=1, fixed_cost=2, maximum=2000) == 250
     assert page_size_for(per_item_cost=13, fixed_cost=2, maximum=100) == 7  # a tiny bucket
+
+
+def test_an_answer_without_a_reading_gives_back_its_reservation():
+    clock = FakeClock()
+    pacer = CostPacer(clock=clock, sleep=clock.sleep)
+    for _ in range(10):  # answers that never say what they cost (no extensions, or a nonsense reading)
+        pacer.acquire(1000)
+        pacer.observe(None, reserved=1000)
+    assert clock.sleeps == [] and pacer.available == pytest.approx(2000)

@@ -121,3 +121,30 @@ def test_a_connection_cursor_that_repeats_is_an_error(server):
         "hasNextPage": True, "endCursor": "same"}}}, "extensions": _cost(5, 5, 1995)}))
     with pytest.raises(Exception, match="cursor loop"):
         list(_client(server).connection_pages("query { orders }", "orders", first=1))
+
+
+def test_answers_without_a_cost_reading_never_stall_the_queries_after_them(server):
+    server.script(lambda seen: _answer({"data": {"shop": {"name": "s"}}}))  # no extensions at all
+    clock = FakeClock()
+    graphql = _client(server, clock)
+    for _ in range(6):  # each reserves the single-query maximum (1000 of 2000 points) before it is sent
+        graphql.execute("{ shop { name } }")
+    assert clock.sleeps == []
+
+
+def test_a_new_page_size_waits_for_its_expected_cost_not_the_single_query_maximum(server):
+    def page(seen):
+        first = json.loads(seen.body)["variables"]["first"]
+        # 1 point an order plus the connection's 2; the bucket holds 300 points after each answer.
+        return _answer({"data": {"orders": {"nodes": [{"id": f"gid://shopify/Order/{i}"} for i in range(first)],
+                                            "pageInfo": {"hasNextPage": True, "endCursor": f"c{len(server.seen)}"}}},
+                        "extensions": _cost(2 + first, 2 + first, 300)})
+
+    server.script(page)
+    clock = FakeClock()
+    graphql = _client(server, clock)
+    query = "query($first: Int!, $after: String) { orders(first: $first, after: $after) { nodes { id } } }"
+    graphql.connection_page(query, "orders")  # the 10-order probe: one order costs 1 point
+    nodes, _ = graphql.connection_page(query, "orders", after="c1")
+    assert len(nodes) == 250
+    assert clock.sleeps == []  # 252 points were there; the single-query maximum (1000) was not waited for
