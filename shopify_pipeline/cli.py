@@ -113,7 +113,7 @@ def _sync(args: argparse.Namespace) -> int:
                         f"\n    error: {r.error}")
             continue
         text.append(f"  {name:10} {r.records:7} records  {r.pages:4} pages  {r.retries} retries  "
-                    f"{r.throttled} 429s waited out  {len(r.failed_pages)} failed pages  "
+                    f"{r.throttled} throttled waited out  {len(r.failed_pages)} failed pages  "
                     f"{len(r.failed_batches)} failed batches")
     if not result.success:
         text.append(f"  next: `shopify-pipeline status --user {args.user}` says what failed and what to run.")
@@ -131,7 +131,7 @@ def _status(args: argparse.Namespace) -> int:
                      f"[updated {s['updatedAt']}]{stuck}")
         if "requests" in s:
             lines.append(f"             last run: {s['requests']} requests, {s.get('retries', 0)} retries, "
-                         f"{s.get('throttled', 0)} 429s waited out")
+                         f"{s.get('throttled', 0)} throttled waited out")
         if s.get("failedBatchRanges"):
             lines.append(f"             failed batches: {', '.join(s['failedBatchRanges'])}")
     failed_run = status.get("lastFailedRun")

@@ -71,7 +71,8 @@ def local_stack(orders: int, time_scale: float = 10.0, quiet: bool = False):
         create_tables(dynamodb_client(settings), settings.tables)
         service = SyncService(SyncEngine(settings, ShopifySettings.from_env()))
         for user in users:
-            service.add_connection(user.user_id, simulator.shop_url(user.shop.name), f"literal:{user.token}")
+            service.add_connection(user.user_id, simulator.shop_url(user.shop.name), f"literal:{user.token}",
+                                   api="graphql")
         if not quiet:
             print(f"  DynamoDB Local: {dynamodb.endpoint_url}\n  simulator:      {simulator.base_url}", flush=True)
         yield settings, users, simulator

@@ -67,7 +67,7 @@ def summary_lines(outcomes: list[UserOutcome], settings: Settings) -> list[str]:
                 f"  {data_type:10} {_n(table, 'records_written_this_run'):>6} records written  "
                 f"{_n(pages, 'pages'):>4} pages  "
                 f"{_n(pages, 'retries_this_run'):>3} retries  "
-                f"{_n(pages, 'throttled_429_this_run'):>3} 429s waited out  "
+                f"{_n(pages, 'throttled_this_run'):>3} throttled waited out  "
                 f"{_n(pages, 'failed_pages'):>2} failed pages  {_n(table, 'failed_batches'):>2} failed batches  "
                 f"status: {current.get('status', '-')}"
             )

@@ -145,7 +145,7 @@ def fetch_metadata(result: FetchResult) -> dict[str, dg.MetadataValue]:
         "failed_pages": dg.MetadataValue.int(len(result.failed_pages)),
         "requests_this_run": dg.MetadataValue.int(result.requests),
         "retries_this_run": dg.MetadataValue.int(result.retries),
-        "throttled_429_this_run": dg.MetadataValue.int(result.throttled),
+        "throttled_this_run": dg.MetadataValue.int(result.throttled),
         "throttle_wait_seconds_this_run": dg.MetadataValue.float(round(result.throttle_wait_seconds, 3)),
         "resumed": dg.MetadataValue.bool(result.resumed),
         "only_recent_orders": dg.MetadataValue.bool(result.only_recent_orders),

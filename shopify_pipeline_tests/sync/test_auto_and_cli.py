@@ -43,7 +43,7 @@ def test_the_cli_syncs_with_auto_by_default_and_status_shows_the_last_runs_reque
     assert done.returncode == 0, done.stdout + done.stderr
     assert "auto sync of user-small: succeeded" in done.stdout and "products (initial)" in done.stdout
     status = _cli(settings, "status", "--user", "user-small")
-    assert "last run: " in status.stdout and " retries, " in status.stdout and "429s waited out" in status.stdout
+    assert "last run: " in status.stdout and " retries, " in status.stdout and "throttled waited out" in status.stdout
 
 
 def test_a_misspelt_data_type_is_a_usage_error_before_anything_runs(service, sim, settings):
