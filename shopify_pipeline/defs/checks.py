@@ -20,18 +20,18 @@ def build_sync_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
     """The checks of one data type, partitioned by user like the assets."""
 
     @dg.asset_check(asset=table_key(data_type), name="record_count_matches_shopify", partitions_def=user_partitions,
-                    description=f"The user's {data_type} in DynamoDB number exactly what Shopify's count.json "
-                    "says (warns only: the shop may change between the sync and the check).")
+                    description=f"The user's {data_type} in DynamoDB number exactly what Shopify's count "
+                    "says through the user's API (warns only: the shop may change between the sync and the check).")
     def record_count_matches_shopify(context: dg.AssetCheckExecutionContext,
                                      sync_engine: SyncEngineResource) -> dg.AssetCheckResult:
         engine, user = sync_engine.engine(), context.partition_key
         with permanent_errors_fail_at_once():
             stored = RecordTable(engine.dynamodb, engine.settings, data_type).count(user)
-            client = engine.shopify_client(engine.connections.get(user))
+            source = engine.page_source(engine.connections.get(user))  # the user's API: GraphQL or REST
             try:
-                in_shopify = client.count(data_type)
+                in_shopify = source.count(data_type)
             finally:
-                client.close()
+                source.close()
         return dg.AssetCheckResult(
             passed=stored == in_shopify,
             severity=dg.AssetCheckSeverity.WARN,
