@@ -20,6 +20,7 @@ from pydantic import Field
 
 from shopify_pipeline.defs.partitions import user_partitions
 from shopify_pipeline.defs.resources import SyncEngineResource
+from shopify_pipeline.dynamo.codec import CodecError, record_key, updated_at
 from shopify_pipeline.dynamo.lease import LeaseHeldError
 from shopify_pipeline.dynamo.records import RecordTable
 from shopify_pipeline.errors import PermanentError, TransientError
@@ -189,8 +190,16 @@ def preview_table(documents: list[dict], data_type: str) -> str:
     name = _PREVIEW_NAME[data_type]
     if not documents:
         return "_nothing loaded in this run_"
-    rows = [{"id": doc.get("id"), name: doc.get(name), "updated_at": doc.get("updated_at")} for doc in documents]
+    rows = [{"id": _key(doc), name: doc.get(name), "updated_at": updated_at(doc)} for doc in documents]
     return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def _key(doc: dict) -> int | str | None:
+    """The numeric id of a REST or GraphQL document (what keys its item), or whatever its id is."""
+    try:
+        return record_key(doc)
+    except CodecError:
+        return doc.get("id")
 
 
 def _rate(records: int, seconds: float) -> float:

@@ -65,7 +65,7 @@ QUERY_ATTRIBUTES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
 _ENUMS = {"financialStatus", "fulfillmentStatus", "status", "state"}  # GraphQL's PAID is REST's paid
 _MOMENTS = {"cancelledAt", "closedAt"}  # in UTC, like createdAt and updatedAt, so that they sort
 _TIMESTAMPS = {REST: ("created_at", "updated_at"), GRAPHQL: ("createdAt", "updatedAt")}
-_GID = re.compile(r"^gid://shopify/[A-Za-z]+/([0-9]+)$")
+_GID = re.compile(r"^gid://shopify/[A-Za-z]+/([0-9]+)$", re.ASCII)
 
 
 def shape_of(doc: dict) -> str:
@@ -85,7 +85,7 @@ def record_key(doc: dict) -> int:
         value = doc.get("legacyResourceId")
         where = "legacyResourceId"
         # GraphQL's UnsignedInt64 is a string of digits; it must agree with the gid's number.
-        key = int(value) if isinstance(value, str) and value.isdigit() else (
+        key = int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else (
             value if isinstance(value, int) and not isinstance(value, bool) else None)
         match = _GID.match(doc["id"])
         if key is not None and (match is None or int(match.group(1)) != key):

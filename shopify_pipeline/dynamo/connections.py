@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from shopify_pipeline.dynamo.client import translate_errors
+from shopify_pipeline.dynamo.client import ConditionFailedError, translate_errors
 from shopify_pipeline.dynamo.codec import deserialize, serialize
 from shopify_pipeline.dynamo.state import now_iso
 from shopify_pipeline.errors import PermanentError
@@ -135,18 +135,24 @@ class ConnectionStore:
             expression += ", highWater.#d = :hw"
             values[":hw"] = serialize(high_water)
             names["#d"] = data_type
-        self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression=expression,
-                   ExpressionAttributeNames=names, ExpressionAttributeValues=values,
-                   ConditionExpression="attribute_exists(userId)")
-        if shape and sync_type != "daily":
-            # Two steps: a connection stored before shapes existed has no map to set a key of.
-            self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression="SET shapes = "
-                       "if_not_exists(shapes, :empty)", ExpressionAttributeValues={":empty": {"M": {}}},
+        if not (shape and sync_type != "daily"):
+            self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression=expression,
+                       ExpressionAttributeNames=names, ExpressionAttributeValues=values,
                        ConditionExpression="attribute_exists(userId)")
-            self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression="SET shapes.#d = :shape",
-                       ExpressionAttributeNames={"#d": data_type}, ExpressionAttributeValues={":shape": {"S": shape}},
-                       ConditionExpression="attribute_exists(userId)")
-
+            return
+        # One update with the shape, so that a crash never leaves a new high-water mark beside an old shape.
+        # A connection stored before shapes existed has no map to set a key of: then the whole map is set.
+        try:
+            self._call("update_item", Key={"userId": {"S": user_id}},
+                       UpdateExpression=expression + ", shapes.#dt = :shape",
+                       ExpressionAttributeNames={**names, "#dt": data_type},
+                       ExpressionAttributeValues={**values, ":shape": {"S": shape}},
+                       ConditionExpression="attribute_exists(userId) AND attribute_exists(shapes)")
+        except ConditionFailedError:
+            self._call("update_item", Key={"userId": {"S": user_id}},
+                       UpdateExpression=expression + ", shapes = :shapes", ExpressionAttributeNames=names,
+                       ExpressionAttributeValues={**values, ":shapes": {"M": {data_type: {"S": shape}}}},
+                       ConditionExpression="attribute_exists(userId) AND attribute_not_exists(shapes)")
 
     def record_run_failure(self, user_id: str, failure: dict) -> None:
         """Keep the last failed orchestrator run of a user (run id, job, failed steps and their messages)."""

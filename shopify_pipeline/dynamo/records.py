@@ -49,11 +49,19 @@ class RecordTable:
         for item in self.items(user_id):
             yield decode_record(item, self._table, self._blobs.read_chunks)
 
-    def count(self, user_id: str) -> int:
+    def count(self, user_id: str, not_shape: str | None = None) -> int:
+        """How many records the user has; with `not_shape`, only those of another shape (items written before
+        shapes existed have no `shape` attribute: they are REST documents)."""
         kwargs = {
             "TableName": self._table, "Select": "COUNT", "ConsistentRead": True,
             "KeyConditionExpression": "userId = :u", "ExpressionAttributeValues": {":u": {"S": user_id}},
         }
+        if not_shape is not None:
+            kwargs["ExpressionAttributeValues"][":s"] = {"S": not_shape}
+            if not_shape == "rest":
+                kwargs["FilterExpression"] = "attribute_exists(shape) AND shape <> :s"
+            else:
+                kwargs["FilterExpression"] = "attribute_not_exists(shape) OR shape <> :s"
         total = 0
         while True:
             with translate_errors(self._table, self._client.meta.endpoint_url):

@@ -11,6 +11,7 @@ variants) are paged separately so that nothing is ever cut off.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,9 +144,9 @@ class GraphQLClient:
             yield nodes, page_info
             if not page_info.get("hasNextPage"):
                 return
-            after = page_info.get("endCursor")
-            if not after or after in seen:
-                raise UnexpectedAnswerError(f"Shopify's {root} cursor repeats or is missing (a cursor loop)")
+            after = page_info["endCursor"]
+            if after in seen:
+                raise UnexpectedAnswerError(f"Shopify's {root} cursor repeats (a cursor loop)")
             seen.add(after)
 
     def connection_page(self, query: str, root: str, variables: dict | None = None, after: str | None = None,
@@ -161,37 +162,63 @@ class GraphQLClient:
             self._per_item[query] = max(0.0, (answer.cost.requested - _CONNECTION_COST) / size)
             if first is None:
                 self._sizes[query] = page_size_for(self._per_item[query], _CONNECTION_COST, self.pacer.maximum)
-        connection = answer.data.get(root)
-        if not isinstance(connection, dict) or not isinstance(connection.get("pageInfo"), dict):
-            raise UnexpectedAnswerError(f"Shopify's answer has no {root} connection with a pageInfo")
-        nodes = connection.get("nodes")
-        if nodes is None:
-            nodes = [edge.get("node") for edge in connection.get("edges") or []]
-        if not isinstance(nodes, list):
-            raise UnexpectedAnswerError(f"Shopify's {root} connection has no list of nodes")
-        return nodes, connection["pageInfo"]
+        return connection_of(answer.data.get(root), f"the {root} connection")
 
-    def complete_nested(self, nodes: list[dict], field: str, node_query: str, first: int = 250) -> int:
+    def complete_nested(self, nodes: list[dict], field: str, node_query: str, first: int = 250,
+                        expected_cost: float | None = None) -> int:
         """Page `field` (a nested connection with `nodes` and `pageInfo`) of every node to its end, in place,
         with `node_query` (taking `$id`, `$first`, `$after` and selecting `node(id:) { … on T { field … } }`).
-        Returns how many extra queries it took."""
+        Every node must carry the connection, whole or with a next page. Returns how many extra queries it
+        took; more than MAX_NESTED_ITEMS items in one node is an error, not an endless fetch. `expected_cost` is
+        what one such query should cost, waited for until Shopify's first answer says."""
         queries = 0
         for node in nodes:
-            connection = node.get(field)
+            where = f"the {field} of {str(node.get('id'))[:80]}"
+            items, page_info = connection_of(node.get(field), where)
             seen: set[str] = set()
-            while isinstance(connection, dict) and (connection.get("pageInfo") or {}).get("hasNextPage"):
-                cursor = connection["pageInfo"].get("endCursor")
-                if not cursor or cursor in seen:
-                    raise UnexpectedAnswerError(f"the {field} cursor of {node.get('id')} repeats or is missing")
+            while page_info["hasNextPage"]:
+                cursor = page_info["endCursor"]
+                if cursor in seen:
+                    raise UnexpectedAnswerError(f"Shopify's cursor of {where} repeats (a cursor loop)")
+                if len(items) > MAX_NESTED_ITEMS:
+                    raise UnexpectedAnswerError(f"{where} goes on past {MAX_NESTED_ITEMS} items; stopped")
                 seen.add(cursor)
-                answer = self.execute(node_query, {"id": node["id"], "first": first, "after": cursor})
+                answer = self.execute(node_query, {"id": node["id"], "first": first, "after": cursor},
+                                      expected_cost)
                 queries += 1
-                more = (answer.data.get("node") or {}).get(field)
-                if not isinstance(more, dict) or not isinstance(more.get("nodes"), list):
-                    raise UnexpectedAnswerError(f"Shopify's answer has no {field} of {node.get('id')}")
-                connection["nodes"].extend(more["nodes"])
-                connection["pageInfo"] = more["pageInfo"]
+                found = answer.data.get("node")
+                if not isinstance(found, dict):
+                    raise UnexpectedAnswerError(f"Shopify no longer finds {str(node.get('id'))[:80]} to page {field}")
+                more, page_info = connection_of(found.get(field), where)
+                items.extend(more)
+            node[field] = {**node[field], "nodes": items, "pageInfo": page_info}
         return queries
+
+
+MAX_NESTED_ITEMS = 100_000  # Shopify allows 2 048 variants a product; no shop has orders this long
+
+
+def connection_of(value: object, where: str) -> tuple[list[dict], dict]:
+    """(nodes, pageInfo) of a connection as Shopify returns it, or UnexpectedAnswerError: it must be an object
+    with a list of objects (`nodes`, or `edges[].node`) and a `pageInfo` whose `hasNextPage` is a boolean and,
+    when true, comes with an `endCursor`. Anything less could end a listing early without a word."""
+    if not isinstance(value, dict):
+        raise UnexpectedAnswerError(f"Shopify's answer has no {where} (got {type(value).__name__})")
+    nodes = value.get("nodes")
+    if nodes is None and isinstance(value.get("edges"), list):
+        edges = value["edges"]
+        nodes = [edge.get("node") if isinstance(edge, dict) else None for edge in edges]
+    if not isinstance(nodes, list) or not all(isinstance(node, dict) for node in nodes):
+        raise UnexpectedAnswerError(f"Shopify's {where} has no list of objects as its nodes")
+    page_info = value.get("pageInfo")
+    if not isinstance(page_info, dict) or not isinstance(page_info.get("hasNextPage"), bool):
+        raise UnexpectedAnswerError(f"Shopify's {where} has no pageInfo with a hasNextPage true or false")
+    if page_info["hasNextPage"] and not (isinstance(page_info.get("endCursor"), str) and page_info["endCursor"]):
+        raise UnexpectedAnswerError(f"Shopify's {where} says there is a next page but gives no endCursor")
+    return nodes, page_info
+
+
+_INVALID_CURSOR = re.compile(r"invalid[^.;]*cursor|cursor[^.;]*invalid", re.IGNORECASE)
 
 
 def _has_code(errors: list, code: str) -> bool:
@@ -212,11 +239,11 @@ def _typed_error(errors: list, data: object, shop: str) -> Exception:
             "scope it names and reconnect.", 403)
     if _has_code(errors, "MAX_COST_EXCEEDED"):
         return QueryTooCostlyError(f"Shopify refused a query above the single-query maximum cost ({text}).")
-    if data:
+    if _INVALID_CURSOR.search(text) and not _has_code(errors, "INTERNAL_SERVER_ERROR"):
+        return InvalidCursorError(f"Shopify refused the page cursor ({text}); the slice restarts from its last "
+                                  "durable position", 400)
+    if isinstance(data, dict) and any(value is not None for value in data.values()):
         return PartialDataError(f"Shopify answered with partial data and errors ({text}); nothing of it is used")
     if _has_code(errors, "INTERNAL_SERVER_ERROR"):
         return ShopifyTransientError(f"Shopify's GraphQL API failed internally ({text})")
-    if "cursor" in text.lower():
-        return InvalidCursorError(f"Shopify refused the page cursor ({text}); the slice restarts from its last "
-                                  "durable position", 400)
     return BadRequestError(f"Shopify refused the GraphQL query ({text})")

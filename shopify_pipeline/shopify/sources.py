@@ -13,6 +13,7 @@ them (REST's exact bytes; GraphQL's nodes with their nested connections paged to
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ from shopify_pipeline.shopify.client import ClientStats, ShopifyClient, Unexpect
 from shopify_pipeline.shopify.graphql import GraphQLClient
 
 APIS = (GRAPHQL, REST)
+_GID = re.compile(r"^gid://shopify/[A-Za-z]+/[0-9]+$", re.ASCII)
 DEFAULT_API = GRAPHQL
 
 
@@ -151,11 +153,13 @@ RECORD_FIELDS = {
 TYPE_NAMES = {"orders": "Order", "products": "Product", "customers": "Customer"}
 SORT_KEYS = {"orders": "OrderSortKeys", "products": "ProductSortKeys", "customers": "CustomerSortKeys"}
 
-# (nested connection, its fields, items per query) of each data type; 100 line items cost 403 points.
+# (nested connection, its fields, items per query, cost of one item by Shopify's rules: an object 1, each
+# object inside it 1) of each data type. A query for the rest costs 1 (the node) + 2 (the connection) +
+# items × item cost: 100 line items (each with a money bag of two amounts) cost 403 points.
 NESTED = {
-    "orders": ("lineItems", LINE_ITEM_FIELDS, 100),
-    "products": ("variants", VARIANT_FIELDS, 250),
-    "customers": ("addressesV2", ADDRESS_FIELDS, 250),
+    "orders": ("lineItems", LINE_ITEM_FIELDS, 100, 4),
+    "products": ("variants", VARIANT_FIELDS, 250, 1),
+    "customers": ("addressesV2", ADDRESS_FIELDS, 250, 1),
 }
 
 
@@ -170,7 +174,7 @@ def listing_query(data_type: str) -> str:
 
 def nested_query(data_type: str) -> str:
     """The query of the rest of one record's nested connection, after its cursor."""
-    field, fields, _ = NESTED[data_type]
+    field, fields, _, _ = NESTED[data_type]
     return (
         f"query Rest($id: ID!, $first: Int!, $after: String) {{ node(id: $id) {{ ... on {TYPE_NAMES[data_type]} "
         f"{{ {field}(first: $first, after: $after) {{ nodes {{ {fields} }} {_PAGE_INFO} }} }} }} }}"
@@ -240,13 +244,15 @@ class GraphQLSource:
         variables = {"query": search_query(filters),
                      "sortKey": "UPDATED_AT" if filters.get("updated_at_min") else "ID"}
         nodes, page_info = self.graphql.connection_page(listing_query(data_type), data_type, variables, position)
-        field, _, first = NESTED[data_type]
-        if all(isinstance(node, dict) and isinstance(node.get("id"), str) for node in nodes):
-            self.nested_queries += self.graphql.complete_nested(nodes, field, nested_query(data_type), first)
-            for node in nodes:  # complete now: the last page's cursor means nothing in a stored document
-                if isinstance(node.get(field), dict):
-                    node[field].pop("pageInfo", None)
-        # else: a record without an id is reported by the engine's record checks, not guessed at here
+        for node in nodes:  # a node that is not a record of this type is a broken answer: the page fails
+            if not _GID.match(str(node.get("id"))) or node["id"].split("/")[3] != TYPE_NAMES[data_type]:
+                raise UnexpectedAnswerError(f"Shopify's {data_type} page holds a node whose id is not a "
+                                            f"gid://shopify/{TYPE_NAMES[data_type]}/…: {str(node.get('id'))[:80]!r}")
+        field, _, first, item_cost = NESTED[data_type]
+        self.nested_queries += self.graphql.complete_nested(nodes, field, nested_query(data_type), first,
+                                                            expected_cost=3 + first * item_cost)
+        for node in nodes:  # complete now: the last page's cursor means nothing in a stored document
+            node[field].pop("pageInfo", None)
         return self._page(data_type, nodes, page_info, position)
 
     def deletions_page(self, data_type: str, since: str, position: str | None) -> SourcePage:
@@ -259,8 +265,6 @@ class GraphQLSource:
         self.client.close()
 
     def _page(self, root: str, nodes: list[dict], page_info: dict, position: str | None) -> SourcePage:
-        following = page_info.get("endCursor") if page_info.get("hasNextPage") else None
-        if page_info.get("hasNextPage") and not following:
-            raise UnexpectedAnswerError(f"Shopify's {root} page says there is a next page but has no endCursor")
+        following = page_info["endCursor"] if page_info["hasNextPage"] else None  # checked by connection_of
         where = f"graphql {root} " + (f"after {position[:40]}" if position else "first page")
         return SourcePage(nodes, dumps_json({root: nodes}).encode(), where, following)

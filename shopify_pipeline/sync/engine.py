@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 import uuid
@@ -20,10 +21,11 @@ from datetime import datetime, timedelta, timezone
 
 from shopify_pipeline.dynamo.batch_writer import BatchWriter
 from shopify_pipeline.dynamo.client import dynamodb_client, translate_errors
-from shopify_pipeline.dynamo.codec import REST, record_key, updated_at
+from shopify_pipeline.dynamo.codec import REST, record_key, shape_of, updated_at
 from shopify_pipeline.dynamo.connections import Connection, ConnectionStore
 from shopify_pipeline.dynamo.lease import HeldLease, LeaseLostError, new_owner
 from shopify_pipeline.dynamo.pages import PAGES_PER_SLICE, PageStore, page_number, sync_key
+from shopify_pipeline.dynamo.records import RecordTable
 from shopify_pipeline.dynamo.state import Checkpoint, StateStore
 from shopify_pipeline.errors import PermanentError, TransientError
 from shopify_pipeline.exact_json import parse_json
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 DELETIONS_SLICE = 999  # staged pages of destroy events live in this slice, after the record slices
+MAX_CURSOR_RESTARTS = 3  # a slice whose cursor Shopify refuses starts over this often in one run, then fails
 
 
 class ApiChangedError(PermanentError):
@@ -220,7 +223,8 @@ class SyncEngine:
                 user_id, sync_type, data_type, self._plan(source, connection, sync_type, data_type)), fence)
         else:
             result.resumed = True
-            _check_resumable(checkpoint, connection)
+            if not checkpoint.state.get("fetch_done"):  # nothing left to ask Shopify: any API can finish it
+                _check_resumable(checkpoint, connection)
         state = checkpoint.state
         key = sync_key(user_id, sync_type, data_type, state.get("generation"))
         result.only_recent_orders = bool(state.get("only_recent_orders"))
@@ -258,11 +262,17 @@ class SyncEngine:
 
         def run_slice(piece: dict) -> None:
             seen: set[str] = set()  # the positions this slice fetched in this run: going back to one is a loop
+            restarts = 0
             while not piece["done"] and not stop.is_set():
                 seen.add(piece["next"] or "")
                 try:
                     page = source.page(data_type, _slice_filters(state, piece), piece["next"])
-                except InvalidCursorError:
+                except InvalidCursorError as error:
+                    restarts += 1
+                    if piece["next"] is None or restarts > MAX_CURSOR_RESTARTS:  # not a cursor Shopify can refuse
+                        with lock:
+                            piece["failed"] = {"page": piece["pages"] + 1, "error": str(error)[:300]}
+                        return
                     log.warning("slice %s: Shopify refused its cursor; restarting the slice", piece["i"])
                     # Its pages are fetched anew; older ones must not be loaded after them.
                     self.pages.drop(key, page_number(piece["i"], 0), page_number(piece["i"] + 1, 0) - 1, fence)
@@ -291,7 +301,7 @@ class SyncEngine:
                             "checkpoint and report the shop to Shopify support.")}
                     return
                 number = page_number(piece["i"], piece["pages"] + 1)
-                problems = record_problems(data_type, page.records, page=number)
+                problems = record_problems(data_type, page.records, page=number, shape=source.api)
                 self.pages.put(key, number, page.body, len(page.records), page.where, fence)
                 save(piece, len(page.records), page.next, problems)
 
@@ -342,9 +352,20 @@ class SyncEngine:
         """Stage the `destroy` events since the high-water mark, as pages of their own slice."""
         deletes = state["deletes"]
         seen: set[str] = set()
+        restarts = 0
         while not deletes["done"]:
             seen.add(deletes["next"] or "")
-            page = source.deletions_page(data_type, deletes["since"], deletes["next"])
+            try:
+                page = source.deletions_page(data_type, deletes["since"], deletes["next"])
+            except InvalidCursorError:
+                restarts += 1
+                if deletes["next"] is None or restarts > MAX_CURSOR_RESTARTS:
+                    raise
+                # Read the events again from the start: deleting a record twice is harmless.
+                log.warning("%s deletion events: Shopify refused the saved cursor; reading them again", data_type)
+                deletes["next"] = None
+                seen.clear()
+                continue
             if page.next is not None and page.next in seen:
                 raise ShopifyTransientError(
                     f"Shopify's next link of the {data_type} deletion events points back to a page already "
@@ -454,12 +475,13 @@ class SyncEngine:
             lease.check()
             if deletions:
                 events = parse_json(self.pages.body(key, page))["events"]
-                deleted = [deleted_id(event) for event in events]
+                deleted = [deleted_id(event, data_type) for event in events]
                 result.deleted += self.writer.delete_records(user_id, data_type, [i for i in deleted if _is_id(i)])
                 self.pages.mark_loaded(key, page.number, fence)
                 continue
             records = parse_json(self.pages.body(key, page))[data_type]
-            bad = {problem["index"] for problem in record_problems(data_type, records, page=page.number)}
+            shape = state.get("api", REST)
+            bad = {problem["index"] for problem in record_problems(data_type, records, page=page.number, shape=shape)}
             valid = [record for i, record in enumerate(records) if i not in bad] if bad else records
             report = self.writer.write_records(user_id, data_type, valid, first_position=first,
                                                before_batch=lease.check)
@@ -500,11 +522,21 @@ class SyncEngine:
     def _finish(self, user_id: str, sync_type: str, data_type: str, state: dict, key: str, fence) -> None:
         # The checkpoint goes first and fenced: a sync that lost its lease stops here, before the high-water mark.
         self.state.clear_checkpoint(user_id, sync_type, data_type, fence)
-        self.connections.record_finished(user_id, sync_type, data_type, state["started_at"], state.get("api", REST))
+        api = state.get("api", REST)
+        switched = sync_type != "daily" and self.connections.get(user_id).stored_shape(data_type) not in (None, api)
+        self.connections.record_finished(user_id, sync_type, data_type, state["started_at"], api)
         self.pages.drop(key)
+        message = f"Sync complete: {state['records']} {data_type} in {state['pages']} pages."
+        left = RecordTable(self.dynamodb, self.settings, data_type).count(user_id, not_shape=api) if switched else 0
+        if left:
+            # A full sync rewrites what Shopify lists; what it no longer lists keeps the old API's shape.
+            message += (f" {left} stored {data_type} still have the other API's shape: Shopify no longer lists them "
+                        "(deleted without an event, or orders older than 60 days without read_all_orders). They "
+                        "are kept; query `shape` to tell them apart.")
+            log.warning("%s: %s", user_id, message)
         self.state.set_status(user_id, data_type, "completed", sync_type, fence=fence, stage="done",
                               page=state["pages"], recordCount=state["records"], **state.get("last_run", {}),
-                              message=f"Sync complete: {state['records']} {data_type} in {state['pages']} pages.")
+                              otherShapeRecords=left, message=message)
 
     # Recovery ------------------------------------------------------------------------------------
 
@@ -533,23 +565,30 @@ class SyncEngine:
         return RetryResult(still_failed == 0, len(entries), still_failed)
 
     def _not_older_than_stored(self, user_id: str, data_type: str, records: list[dict]) -> list[dict]:
-        """Drop records whose stored copy is newer: a batch saved days ago must not undo a later sync."""
+        """Drop records whose stored copy is newer, or of the other API's shape: a batch saved days ago must
+        not undo a later sync."""
         if not records:
             return records
         table = self.settings.tables.records(data_type)
         keys = [{"userId": {"S": user_id}, "id": {"N": str(record_key(r))}} for r in records]
         stored: dict[int, str] = {}
         for start in range(0, len(keys), 100):
-            request = {table: {"Keys": keys[start:start + 100], "ProjectionExpression": "id, updatedAt",
+            request = {table: {"Keys": keys[start:start + 100], "ProjectionExpression": "id, updatedAt, shape",
                                "ConsistentRead": True}}
             while request:
                 with translate_errors(table, self.dynamodb.meta.endpoint_url):
                     answer = self.dynamodb.batch_get_item(RequestItems=request)
                 for item in answer["Responses"].get(table, []):
-                    if "updatedAt" in item:
-                        stored[int(item["id"]["N"])] = item["updatedAt"]["S"]
+                    stored[int(item["id"]["N"])] = (item.get("updatedAt", {}).get("S", ""),
+                                                    item.get("shape", {}).get("S", REST))
                 request = answer.get("UnprocessedKeys") or None
-        return [r for r in records if (updated_at(r) or "") >= stored.get(record_key(r), "")]
+        kept = []
+        for record in records:
+            when, shape = stored.get(record_key(record), ("", shape_of(record)))
+            # Never replace a document of the other API's shape (saved before the connection switched APIs).
+            if (updated_at(record) or "") >= when and shape == shape_of(record):
+                kept.append(record)
+        return kept
 
     def _fail(self, user_id: str, sync_type: str, data_type: str, stage: str, error: Exception,
               lease: HeldLease) -> None:
@@ -590,17 +629,26 @@ def _slice_filters(state: dict, piece: dict) -> dict:
     return filters
 
 
-def deleted_id(event: object) -> int | None:
-    """The id of the record a staged `destroy` event deleted: REST's `subject_id`, GraphQL's `subjectId` gid."""
+_EVENT_SUBJECTS = {"orders": "Order", "products": "Product", "customers": "Customer"}
+
+
+def deleted_id(event: object, data_type: str) -> int | None:
+    """The id of the `data_type` record a staged `destroy` event deleted (REST's `subject_id`, GraphQL's
+    `subjectId` gid), or None for anything else: an event of another type never deletes a record of this one."""
     if not isinstance(event, dict):
         return None
+    subject = _EVENT_SUBJECTS[data_type]
     if event.get("verb") == "destroy":
-        return event.get("subject_id")
-    subject = event.get("subjectId")
-    if event.get("action") == "destroy" and isinstance(subject, str):
-        number = subject.rsplit("/", 1)[-1]
-        return int(number) if subject.startswith("gid://") and number.isdigit() else None
-    return None
+        return event.get("subject_id") if event.get("subject_type") in (None, subject) else None
+    match = _SUBJECT_GID.match(str(event.get("subjectId")))
+    if event.get("action") != "destroy" or match is None or match.group(1) != subject:
+        return None
+    if str(event.get("subjectType", "")).upper() not in ("", subject.upper()):
+        return None
+    return int(match.group(2))
+
+
+_SUBJECT_GID = re.compile(r"^gid://shopify/([A-Za-z]+)/([0-9]+)$", re.ASCII)
 
 
 def _check_api(connection: Connection, sync_type: str, data_type: str) -> None:
@@ -621,8 +669,9 @@ def _check_resumable(checkpoint: Checkpoint, connection: Connection) -> None:
         raise ApiChangedError(
             f"the unfinished {checkpoint.sync_type} sync of {checkpoint.data_type} for {connection.user_id} was "
             f"started on {api.upper()}, but the connection now uses {connection.api.upper()}; its positions cannot "
-            f"be resumed on another API. Switch back with `shopify-pipeline users add --replace --api {api} ...` "
-            "to finish it, or clear it and start over: `shopify-pipeline checkpoint clear --user "
+            f"be resumed on another API. Switch back with `shopify-pipeline users add --user {connection.user_id} "
+            f"--shop {connection.shop} --token-ref … --api {api}` to finish it, or clear it and start over: "
+            "`shopify-pipeline checkpoint clear --user "
             f"{connection.user_id} --sync-type {checkpoint.sync_type} --data-type {checkpoint.data_type}`.")
 
 

@@ -8,7 +8,7 @@ permanent data error naming the page, the record's position on it and the field.
 
 from __future__ import annotations
 
-from shopify_pipeline.dynamo.codec import UnkeyableRecordError, record_key, timestamp_fields, to_utc
+from shopify_pipeline.dynamo.codec import UnkeyableRecordError, record_key, shape_of, timestamp_fields, to_utc
 from shopify_pipeline.errors import PermanentError
 
 MAX_REPORTED = 20  # the checkpoint keeps this many problems (and the count of all): it must stay small
@@ -20,11 +20,14 @@ class BadRecordError(PermanentError):
     reason = "bad_record"
 
 
-def record_problems(data_type: str, records: list, page: int) -> list[dict]:
-    """One entry per unusable record of a page: {page, index (0-based), position (1-based), field, problem}."""
+def record_problems(data_type: str, records: list, page: int, shape: str | None = None) -> list[dict]:
+    """One entry per unusable record of a page: {page, index (0-based), position (1-based), field, problem}.
+    With `shape`, a record of the other API's shape is unusable too (it would be keyed and read wrongly)."""
     problems = []
     for index, record in enumerate(records):
         found = _problem(record)
+        if found is None and shape is not None and shape_of(record) != shape:
+            found = "id", f"is not the id of a {shape.upper()} document ({str(record.get('id'))[:40]!r})"
         if found:
             field, problem = found
             problems.append({"page": page, "index": index, "position": index + 1, "field": field,

@@ -269,13 +269,15 @@ class SyncService:
     @staticmethod
     def api_change_notice(connection: Connection) -> str | None:
         """What to do when a connection's API differs from the shape of documents already stored, else None."""
-        stale = [d for d in DATA_TYPES if connection.stored_shape(d) not in (None, connection.api)]
+        stale = [f"{d} ({connection.stored_shape(d).upper()})" for d in DATA_TYPES
+                 if connection.stored_shape(d) not in (None, connection.api)]
         if not stale:
             return None
-        return (f"{connection.user_id} now syncs through {connection.api.upper()}, but its stored "
-                f"{', '.join(stale)} are {connection.stored_shape(stale[0]).upper()}-shaped. Run a manual full sync "
-                f"to rewrite them: `shopify-pipeline sync --user {connection.user_id} --type manual` (auto chooses "
-                "it too). Until then, daily syncs of them are refused rather than mixing the two shapes.")
+        return (f"{connection.user_id} now syncs through {connection.api.upper()}, but its stored documents of "
+                f"{', '.join(stale)} have the other API's shape (and fields: docs/configuration.md#choosing-the-api)."
+                f" Run a manual full sync to rewrite them: `shopify-pipeline sync --user {connection.user_id} --type "
+                "manual` (auto chooses it too). Until then, daily syncs of them are refused rather than mixing the "
+                "two shapes.")
 
     def list_connections(self) -> list[Connection]:
         """Every connection; print them with `Connection.public()`, which hides literal tokens."""

@@ -483,3 +483,42 @@ def test_a_graphql_cursor_that_repeats_fails_the_slice_instead_of_staging_foreve
     assert not result.success and len(failed) == 1 and "cursor loop" in failed[0]["error"]
     assert len([s for s in hostile.seen if LISTING in s.body]) == 2  # the first page, and the loop once
     assert set(stored(service, "victim", "orders")) == {99}  # the page before the loop is kept
+
+
+def _graphql_page(nodes: list, has_next: bool = False, cursor: str | None = None) -> Respond:
+    page = {"data": {"orders": {"nodes": nodes, "pageInfo": {"hasNextPage": has_next, "endCursor": cursor}}},
+            "extensions": {"cost": {"requestedQueryCost": 12, "actualQueryCost": 5, "throttleStatus": {
+                "maximumAvailable": 2000.0, "currentlyAvailable": 1990.0, "restoreRate": 100.0}}}}
+    return Respond(200, json.dumps(page).encode(), {"Content-Type": "application/json"})
+
+
+def _graphql_order(number: int, **fields) -> dict:
+    return {"id": f"gid://shopify/Order/{number}", "legacyResourceId": str(number),
+            "updatedAt": "2026-01-01T00:00:00Z", "createdAt": "2026-01-01T00:00:00Z",
+            "lineItems": {"nodes": [], "pageInfo": {"hasNextPage": False, "endCursor": None}}, **fields}
+
+
+@pytest.mark.parametrize("broken", [
+    {"id": 5},  # an integer id: a REST-shaped record in a GraphQL answer
+    {"id": "gid://shopify/Product/6", "legacyResourceId": "6"},  # a record of another type
+    {"lineItems": {"nodes": [{"id": "gid://shopify/LineItem/1"}]}},  # no pageInfo: complete or cut off?
+    {"lineItems": None},  # the nested list missing altogether
+], ids=["integer-id", "other-type", "nested-without-pageInfo", "nested-missing"])
+def test_a_graphql_page_with_a_node_that_is_not_a_whole_order_fails_and_stores_nothing(settings, hostile, broken):
+    hostile.script(lambda seen: _graphql_page([_graphql_order(98), _graphql_order(99, **broken)])
+                   if LISTING in seen.body else None)
+    service = _service(settings, hostile, api="graphql")
+    result = service.initial_sync("victim", ("orders",))
+    failed = result.data_types["orders"].failed_pages
+    assert not result.success and len(failed) == 1, result
+    assert stored(service, "victim", "orders") == {}  # not the good order either: the page is one answer
+
+
+def test_a_graphql_connection_without_nodes_is_not_an_empty_shop(settings, hostile):
+    empty = {"data": {"orders": {"pageInfo": {"hasNextPage": False}}}}
+    hostile.script(lambda seen: Respond(200, json.dumps(empty).encode(), {"Content-Type": "application/json"})
+                   if LISTING in seen.body else None)
+    service = _service(settings, hostile, api="graphql")
+    result = service.initial_sync("victim", ("orders",))
+    assert not result.success and "no list of objects" in result.data_types["orders"].failed_pages[0]["error"]
+    assert service.engine.connections.get("victim").high_water == {}  # the sync did not finish on nothing

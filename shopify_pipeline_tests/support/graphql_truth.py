@@ -29,7 +29,7 @@ def _run(sim, shop_name: str, query: str, variables: dict) -> dict:
 
 def graphql_truth(sim, shop_name: str, data_type: str) -> dict[int, dict]:
     """Every live record of `data_type` as a sync stores it, by legacyResourceId."""
-    field, _, _ = NESTED[data_type]
+    field = NESTED[data_type][0]
     fields = re.sub(rf"{field}\(first: \d+\)", f"{field}(first: 250)", RECORD_FIELDS[data_type])
     query = (f"query($after: String) {{ {data_type}(first: 250, after: $after) {{ nodes {{ {fields} }} "
              "pageInfo { hasNextPage endCursor } } }")
