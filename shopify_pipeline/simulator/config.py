@@ -103,6 +103,82 @@ class FaultConfig:
         return cls(**values)
 
 
+BULK_ERROR_CODES = ("ACCESS_DENIED", "INTERNAL_SERVER_ERROR", "TIMEOUT")
+
+# The first API version that runs up to five bulk queries per shop at once and defaults groupObjects to false.
+BULK_CONCURRENT_VERSION = "2026-01"
+
+
+@dataclass(frozen=True)
+class BulkFaults:
+    """Faults of bulk query operations, applied to operations created while they are set.
+
+    `fail` makes an operation FAILED with that errorCode: ACCESS_DENIED as soon as it runs, the others once
+    `fail_at` (a fraction) of its objects are processed, with a `partialDataUrl` holding the lines written so
+    far when `partial_data`. `stuck` keeps it RUNNING with objectCount frozen at `fail_at` (until
+    BulkConfig.max_duration_seconds). `null_url` completes it with `url: null` although objectCount > 0.
+    `drop_download_after_bytes` > 0 makes the first `drop_download_times` downloads of each of its files
+    send that many bytes and then reset the connection. `root_field` limits the faults to operations whose
+    query starts at that field ("orders"); `times` > 0 to that many operations, then the faults stop.
+    """
+
+    fail: str | None = None
+    fail_at: float = 0.5
+    partial_data: bool = False
+    stuck: bool = False
+    null_url: bool = False
+    drop_download_after_bytes: int = 0
+    drop_download_times: int = 1
+    root_field: str | None = None
+    times: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fail is not None and self.fail not in BULK_ERROR_CODES:
+            raise ValueError(f"unknown bulk errorCode {self.fail!r}; expected one of {', '.join(BULK_ERROR_CODES)}")
+        if not 0.0 <= self.fail_at <= 1.0:
+            raise ValueError("fail_at is a fraction between 0 and 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """These faults as JSON-ready data."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BulkFaults:
+        """BulkFaults from JSON data; unknown keys raise ValueError."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown bulk fault fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class BulkConfig:
+    """How a shop runs bulk query operations. Durations are simulated seconds (divided by time_scale).
+
+    `concurrency` is how many bulk queries may run at once (None: 5 from API 2026-01 on, 1 before, by the
+    version that answers the mutation). An operation stays CREATED for `created_seconds`, then processes
+    `objects_per_second` objects (every JSONL line counts); a cancel takes `cancel_seconds`. Result URLs
+    expire `url_expiry_seconds` after the operation ends (Shopify: 7 days); an operation that has not
+    finished after `max_duration_seconds` (Shopify: 10 days) fails with TIMEOUT.
+    """
+
+    concurrency: int | None = None
+    objects_per_second: float = 5000.0
+    created_seconds: float = 1.0
+    cancel_seconds: float = 1.0
+    url_expiry_seconds: float = 7 * 86_400.0
+    max_duration_seconds: float = 10 * 86_400.0
+    faults: BulkFaults = field(default_factory=BulkFaults)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BulkConfig:
+        """A BulkConfig from JSON data (faults as a nested object)."""
+        values = dict(data)
+        if "faults" in values:
+            values["faults"] = BulkFaults.from_dict(values["faults"])
+        return cls(**values)
+
+
 @dataclass(frozen=True)
 class ShopConfig:
     """One simulated shop: its name (the `{shop}` of `{shop}.myshopify.com`), token, data and state.
@@ -112,7 +188,8 @@ class ShopConfig:
     (GraphQL pages through all of them; REST, as Shopify's deprecated products endpoint, serves only the
     first 100). `history_days` spreads created_at over that many days before the simulator starts.
     `timezone_offset_minutes` is the shop's local offset used in every REST timestamp. `api_versions` are
-    the supported versions: an older one is answered by the oldest of them, a newer one is 404.
+    the supported versions: an older one is answered by the oldest of them, a newer one is 404. `bulk`
+    configures bulk query operations (concurrency, speed, URL expiry, faults).
     """
 
     name: str
@@ -132,6 +209,7 @@ class ShopConfig:
     history_days: int = 365
     timezone_offset_minutes: int = -300
     api_versions: tuple[str, ...] = SUPPORTED_API_VERSIONS
+    bulk: BulkConfig = field(default_factory=BulkConfig)
 
     def __post_init__(self) -> None:
         if self.plan not in PLANS:
@@ -145,6 +223,8 @@ class ShopConfig:
         values = dict(data)
         if "faults" in values:
             values["faults"] = FaultConfig.from_dict(values["faults"])
+        if "bulk" in values:
+            values["bulk"] = BulkConfig.from_dict(values["bulk"])
         for key in ("scopes", "api_versions"):
             if key in values:
                 values[key] = tuple(values[key])

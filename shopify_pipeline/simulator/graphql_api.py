@@ -35,6 +35,7 @@ from graphql import (
     GraphQLSyntaxError,
     InlineFragmentNode,
     OperationDefinitionNode,
+    OperationType,
     SelectionSetNode,
     build_schema,
     execute_sync,
@@ -75,6 +76,7 @@ FULFILLMENT_STATUSES = {None: "UNFULFILLED", "partial": "PARTIALLY_FULFILLED", "
 SCHEMA_SDL = '''
 schema {
   query: QueryRoot
+  mutation: Mutation
 }
 
 "An ISO-8601 timestamp in UTC, e.g. 2026-01-10T16:00:00Z."
@@ -101,6 +103,10 @@ enum OrderDisplayFulfillmentStatus {
 enum ProductStatus { ACTIVE ARCHIVED DRAFT }
 enum CustomerState { DECLINED DISABLED ENABLED INVITED }
 enum EventSubjectType { CUSTOMER ORDER PRODUCT }
+enum BulkOperationStatus { CANCELED CANCELING COMPLETED CREATED EXPIRED FAILED RUNNING }
+enum BulkOperationErrorCode { ACCESS_DENIED INTERNAL_SERVER_ERROR TIMEOUT }
+enum BulkOperationType { MUTATION QUERY }
+enum BulkOperationUserErrorCode { INVALID LIMIT_REACHED OPERATION_IN_PROGRESS }
 
 interface Node {
   id: ID!
@@ -128,6 +134,50 @@ type QueryRoot {
   ordersCount(query: String, limit: Int = 10000): Count
   productsCount(query: String, limit: Int = 10000): Count
   customersCount(query: String, limit: Int = 10000): Count
+  bulkOperation(id: ID!): BulkOperation
+  currentBulkOperation(type: BulkOperationType = QUERY): BulkOperation
+}
+
+type Mutation {
+  "Start a bulk query; groupObjects defaults to false from 2026-01 on, true before."
+  bulkOperationRunQuery(query: String!, groupObjects: Boolean): BulkOperationRunQueryPayload
+  bulkOperationCancel(id: ID!): BulkOperationCancelPayload
+}
+
+type BulkOperation implements Node {
+  id: ID!
+  status: BulkOperationStatus!
+  errorCode: BulkOperationErrorCode
+  createdAt: DateTime!
+  completedAt: DateTime
+  objectCount: UnsignedInt64!
+  rootObjectCount: UnsignedInt64!
+  fileSize: UnsignedInt64
+  url: URL
+  partialDataUrl: URL
+  query: String!
+  type: BulkOperationType!
+}
+
+type BulkOperationUserError {
+  field: [String!]
+  message: String!
+  code: BulkOperationUserErrorCode
+}
+
+type UserError {
+  field: [String!]
+  message: String!
+}
+
+type BulkOperationRunQueryPayload {
+  bulkOperation: BulkOperation
+  userErrors: [BulkOperationUserError!]!
+}
+
+type BulkOperationCancelPayload {
+  bulkOperation: BulkOperation
+  userErrors: [UserError!]!
 }
 
 type Shop implements Node {
@@ -356,6 +406,11 @@ type EventEdge {
 }
 '''
 SCHEMA = build_schema(SCHEMA_SDL)
+# What a bulk query is checked and run against: the same types, but connections need no `first` (a bulk
+# query reads every item; Shopify's own schema has `first` optional everywhere).
+BULK_SCHEMA = build_schema(SCHEMA_SDL.replace("first: Int!", "first: Int"))
+MUTATION_COST = 10  # every mutation field, whatever it selects
+BULK_FIELDS = ("bulkOperationRunQuery", "bulkOperationCancel", "bulkOperation", "currentBulkOperation")
 
 
 
@@ -512,6 +567,12 @@ class Context:
     shop_document: dict[str, Any]
     # The root field a "partial" fault fails with INTERNAL_SERVER_ERROR (None: no fault).
     fail_key: str | None = None
+    # The version that answers (bulk concurrency and groupObjects depend on it) and the shop's bulk
+    # operations (a bulk.ShopBulk; None where no bulk operations are served).
+    api_version: str = ""
+    bulk: Any = None
+    # True inside a bulk query: nested connections hold every item, not one page.
+    unpaged: bool = False
 
 
 def snapshot(record: Record) -> Record:
@@ -563,6 +624,8 @@ class RecordNode:
             items = self.document.get(rest_key)
             if items is None and rest_key == "addresses":
                 items = [self.document["default_address"]] if self.document.get("default_address") else []
+            if self.context.unpaged:
+                return connection([convert(item) for item in items or []], [str] * len(items or []), False, False)
             return position_connection(self.context.cursors, items or [], convert, args)
         value = NODE_FIELDS[self.type_name].get(name)
         return value(self.document) if value is not None else None
@@ -706,7 +769,21 @@ class QueryRoot:
             return self._count(data_type, args)
         if name == "node":
             return self._node(args["id"])
+        if name in BULK_FIELDS:
+            return self._bulk(name, args)
         return None
+
+    def _bulk(self, name: str, args: dict[str, Any]) -> Any:
+        bulk = self.context.bulk
+        if bulk is None:
+            raise GraphQLError(f"{name} is not served here.")
+        if name == "bulkOperationRunQuery":
+            return bulk.run_query(args["query"], args.get("groupObjects"), self.context.api_version, self.shop.scopes)
+        if name == "bulkOperationCancel":
+            return bulk.cancel(args["id"])
+        if name == "bulkOperation":
+            return bulk.find(args["id"])
+        return bulk.current() if args.get("type", "QUERY") == "QUERY" else None
 
     def _require(self, field_name: str, data_type: str) -> None:
         scope = SCOPES_NEEDED[data_type]
@@ -721,7 +798,8 @@ class QueryRoot:
                 "plan": {"displayName": rest["plan_display_name"],
                          "shopifyPlus": rest["plan_name"] in ("plus", "enterprise")}}
 
-    def _matches(self, data_type: str, query: str | None) -> Callable[[Any], bool]:
+    def visible(self, data_type: str, query: str | None) -> Callable[[Any], bool]:
+        """A predicate for the records of `data_type` this token sees that match the search `query`."""
         matches = search_filter(data_type, query, self.shop.data.renderer.tz)
         if data_type == "orders" and "read_all_orders" not in self.shop.scopes:
             # Without read_all_orders only the last 60 days of orders are visible, as on REST.
@@ -740,7 +818,7 @@ class QueryRoot:
                 raise GraphQLError("Invalid cursor for current pagination sort.")
             cursor, page = (int(payload["v"]), int(payload["i"])), int(payload["page"]) + 1
         request = ListRequest(filters={}, order=order, limit=first, cursor=cursor, page=page)
-        matches = self._matches(data_type, args.get("query"))
+        matches = self.visible(data_type, args.get("query"))
         data = self.shop.data
         collection = data.events if data_type == "events" else data.collections[data_type]
         attribute = SORT_ATTRIBUTES[order[0]]
@@ -758,7 +836,7 @@ class QueryRoot:
         return connection(nodes, cursors, more, cursor is not None)
 
     def _count(self, data_type: str, args: dict[str, Any]) -> dict[str, Any]:
-        matches = self._matches(data_type, args.get("query"))
+        matches = self.visible(data_type, args.get("query"))
         data = self.shop.data
         with data.lock:
             count = data.collections[data_type].count(matches)
@@ -773,7 +851,7 @@ class QueryRoot:
         if match is None or data_type is None:
             return None
         self._require("node", data_type)
-        matches = self._matches(data_type, None)
+        matches = self.visible(data_type, None)
         data = self.shop.data
         with data.lock:
             record = data.collections[data_type].by_id.get(int(match["id"]))
@@ -808,7 +886,7 @@ class CostNode:
     """One selected field as cost sees it: a leaf, an object with fields, a connection of items, or the
     operation's root (free itself)."""
 
-    kind: str
+    kind: str  # leaf, object, connection, root, or mutation (a mutation field: MUTATION_COST flat)
     first: int = 0
     children: dict[str, CostNode] = field(default_factory=dict)
     # Response keys of a connection's `nodes`, `edges` and `edges { node }` selections.
@@ -821,6 +899,8 @@ class CostNode:
         inner = sum(child.requested() for child in self.children.values())
         if self.kind == "leaf":
             return 0
+        if self.kind == "mutation":
+            return MUTATION_COST
         if self.kind == "root":
             return inner
         if self.kind == "connection":
@@ -829,6 +909,8 @@ class CostNode:
 
     def actual(self, value: Any) -> int:
         """The same rule applied to what was returned: connections count the items they hold."""
+        if self.kind == "mutation":
+            return MUTATION_COST
         if self.kind == "leaf" or value is None:
             return 0
         if self.kind == "root":
@@ -862,11 +944,14 @@ class CostPlanner:
                           if isinstance(definition, FragmentDefinitionNode)}
 
     def root(self, operation: OperationDefinitionNode) -> CostNode:
-        """The tree of the operation; the root object itself costs nothing."""
-        fields = self._collect(operation.selection_set, SCHEMA.query_type, {})
+        """The tree of the operation; the root object itself costs nothing, a mutation field MUTATION_COST."""
+        if operation.operation == OperationType.MUTATION:
+            fields = self.collect(operation.selection_set, SCHEMA.mutation_type, {})
+            return CostNode("root", children={key: CostNode("mutation") for key in fields})
+        fields = self.collect(operation.selection_set, SCHEMA.query_type, {})
         return CostNode("root", children={key: self._build(entries) for key, entries in fields.items()})
 
-    def _collect(self, selection_set: SelectionSetNode | None, parent: Any,
+    def collect(self, selection_set: SelectionSetNode | None, parent: Any,
                  fields: dict[str, list[tuple[FieldNode, Any]]]) -> dict[str, list[tuple[FieldNode, Any]]]:
         """Selected fields by response key, each with the type it is selected on (fragments expanded)."""
         for selection in selection_set.selections if selection_set else ():
@@ -875,17 +960,17 @@ class CostPlanner:
                 fields.setdefault(key, []).append((selection, parent))
             elif isinstance(selection, InlineFragmentNode):
                 condition = selection.type_condition
-                self._collect(selection.selection_set,
+                self.collect(selection.selection_set,
                               SCHEMA.get_type(condition.name.value) if condition else parent, fields)
             elif isinstance(selection, FragmentSpreadNode) and selection.name.value in self.fragments:
                 fragment = self.fragments[selection.name.value]
-                self._collect(fragment.selection_set, SCHEMA.get_type(fragment.type_condition.name.value), fields)
+                self.collect(fragment.selection_set, SCHEMA.get_type(fragment.type_condition.name.value), fields)
         return fields
 
     def _sub_fields(self, entries: list[tuple[FieldNode, Any]], named: GraphQLNamedType) -> dict[str, list]:
         fields: dict[str, list[tuple[FieldNode, Any]]] = {}
         for node, _ in entries:
-            self._collect(node.selection_set, named, fields)
+            self.collect(node.selection_set, named, fields)
         return fields
 
     def _build(self, entries: list[tuple[FieldNode, Any]]) -> CostNode:
@@ -907,7 +992,7 @@ class CostPlanner:
             if name == "nodes":
                 cost.nodes_key = key
                 for nodes_field, _ in found:
-                    self._collect(nodes_field.selection_set, item_type, items)
+                    self.collect(nodes_field.selection_set, item_type, items)
             elif name == "edges":
                 cost.edges_key = key
                 edge_type = get_named_type(named.fields["edges"].type)
@@ -915,7 +1000,7 @@ class CostPlanner:
                     if edge_fields[0][0].name.value == "node":
                         cost.node_key = edge_key
                         for node_field, _ in edge_fields:
-                            self._collect(node_field.selection_set, item_type, items)
+                            self.collect(node_field.selection_set, item_type, items)
         cost.children = {key: self._build(found) for key, found in items.items()}
         return cost
 

@@ -6,6 +6,7 @@ it calls http://127.0.0.1:{port}/shops/{shop}/admin/….
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -18,7 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from shopify_pipeline.simulator.config import DATA_TYPES, FaultConfig, ShopConfig
+from shopify_pipeline.simulator.bulk import BulkService
+from shopify_pipeline.simulator.config import DATA_TYPES, BulkFaults, FaultConfig, ShopConfig
 from shopify_pipeline.simulator.data import US
 from shopify_pipeline.simulator.faults import HTML_BODIES
 from shopify_pipeline.simulator.graphql_api import Context, Cursors, GraphQLRequest, respond
@@ -34,6 +36,7 @@ from shopify_pipeline.simulator.paging import (
 from shopify_pipeline.simulator.shop import ShopRuntime
 from shopify_pipeline.simulator.store import RenderCache, dumps, record_filter
 
+BULK_PATH = re.compile(r"^/bulk/(?P<token>[0-9a-f]+)\.jsonl$")
 SHOP_PATH = re.compile(r"^/shops/(?P<shop>[^/]+)(?P<rest>/.*)$")
 API_PATH = re.compile(r"^/admin/api/(?P<version>[^/]+)/(?P<resource>[a-z_]+)(?:/(?P<tail>[^/]+))?\.json$")
 VERSION_FORMAT = re.compile(r"^\d{4}-(01|04|07|10)$")
@@ -85,6 +88,7 @@ class Simulator:
             if config.name in self.shops:
                 raise ValueError(f"shop {config.name!r} is configured twice")
             self.shops[config.name] = ShopRuntime(config, time_scale, self.anchor, self.cache)
+        self.bulk = BulkService(time_scale, lambda: self.base_url, self.cursors)
         self.stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -115,6 +119,7 @@ class Simulator:
         if self._server is None:
             return
         self.stopping.set()
+        self.bulk.close()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -159,6 +164,18 @@ class Simulator:
     def set_scopes(self, shop_name: str, scopes: tuple[str, ...]) -> None:
         """Change the scopes granted to the shop's token."""
         self._shop(shop_name).scopes = tuple(scopes)
+
+    def set_bulk_faults(self, shop_name: str, faults: BulkFaults) -> None:
+        """Apply `faults` to this shop's bulk operations created from now on."""
+        self.bulk.shop(self._shop(shop_name)).set_faults(faults)
+
+    def bulk_operations(self, shop_name: str) -> list[dict[str, Any]]:
+        """Every bulk operation of the shop, oldest first, as `bulkOperation(id:)` shows it."""
+        return self.bulk.shop(self._shop(shop_name)).documents()
+
+    def expire_bulk_urls(self, shop_name: str) -> list[str]:
+        """Make the shop's bulk result URLs expire now (403; COMPLETED becomes EXPIRED). Returns the ids."""
+        return self.bulk.shop(self._shop(shop_name)).expire()
 
     def stats(self, shop_name: str) -> dict[str, Any]:
         """Counters: requests per endpoint, responses per status, 429s (`throttled`), bucket level."""
@@ -272,6 +289,10 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self._send(self._admin(method, split.path))
             except (ValueError, KeyError, TypeError) as error:
                 self._send(json_answer(400, {"errors": str(error)}))
+            return
+        bulk = BULK_PATH.match(split.path)
+        if bulk is not None and method == "GET":
+            self._bulk_download(bulk["token"], parse_qs(split.query).get("signature", [None])[-1])
             return
         match = SHOP_PATH.match(split.path)
         shop = self.sim.shops.get(match["shop"]) if match else None
@@ -401,11 +422,45 @@ class RequestHandler(BaseHTTPRequestHandler):
             return json_answer(429, THROTTLED, {**headers, "Retry-After": shop.bucket(token).retry_after_header()})
         if fault in ("500", "502", "503", "504", "430", "404"):
             return self._fault_answer(fault, shop, headers)
-        context = Context(shop, self.sim.cursors, self._shop_document(shop))
+        context = Context(shop, self.sim.cursors, self._shop_document(shop), api_version=answered_version,
+                          bulk=self.sim.bulk.shop(shop))
         document, throttled = respond(request, context, shop.cost_bucket(token), fault)
         if throttled:
             shop.count_graphql_throttled()
         return json_answer(200, document, headers)
+
+    def _bulk_download(self, token: str, signature: str | None) -> None:
+        """A bulk result file, streamed from disk: Range requests, expiry, dropped connections on demand."""
+        download = self.sim.bulk.download(token, signature, self.headers.get("Range"))
+        if download.shop is not None:
+            download.shop.count_request("bulk_download")
+            download.shop.count_response(0 if download.drop_after else download.status,
+                                         "bulk_drop" if download.drop_after else None)
+        if download.path is None:
+            self._send(Answer(download.status, download.body, download.headers, download.content_type))
+            return
+        self.send_response(download.status)
+        self.send_header("Content-Type", download.content_type)
+        self.send_header("Content-Length", str(download.length))
+        for name, value in download.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        limit = min(download.drop_after, download.length) if download.drop_after else download.length
+        with open(download.path, "rb") as source:
+            source.seek(download.start)
+            left = limit
+            while left > 0:
+                chunk = source.read(min(left, 256 * 1024))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                left -= len(chunk)
+        if download.drop_after:
+            # Hang up after what was sent (FIN, so those bytes arrive): the client sees a short body.
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_WR)
 
     def _answered_version(self, shop: ShopRuntime, version: str) -> str | None:
         """The version that answers: itself, the oldest supported if retired, None if unknown."""
@@ -544,6 +599,15 @@ class RequestHandler(BaseHTTPRequestHandler):
             if "scopes" in body:
                 shop.scopes = tuple(body["scopes"])
             return json_answer(200, {"state": shop.state, "scopes": list(shop.scopes)})
+        if what == "bulk" and method == "GET":
+            return json_answer(200, {"bulk_operations": self.sim.bulk_operations(name)})
+        if what == "bulk_faults":
+            bulk = self.sim.bulk.shop(shop)
+            if method == "POST":
+                bulk.set_faults(BulkFaults.from_dict(self._body_json()))
+            return json_answer(200, bulk.faults.to_dict())
+        if what == "bulk_expire" and method == "POST":
+            return json_answer(200, {"expired": self.sim.expire_bulk_urls(name)})
         if what == "records" and match["type"] in DATA_TYPES:
             return self._admin_records(method, name, match["type"], match["action"])
         return json_answer(404, NOT_FOUND)
