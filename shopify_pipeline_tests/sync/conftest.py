@@ -1,6 +1,9 @@
 """Fixtures for engine tests: the simulator (a real HTTP server) and DynamoDB Local together."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -55,3 +58,22 @@ def stored(service, user: str, data_type: str) -> dict[int, dict]:
     docs = list(table.documents(user))
     assert len(docs) == len({record_key(d) for d in docs})
     return {record_key(doc): doc for doc in docs}
+
+
+@pytest.fixture
+def slow_sim():
+    """One shop of 3 000 orders answering a little slowly: a sync takes long enough to be killed midway."""
+    shop = ShopConfig("big", "shpat_big", orders=3000, seed=21, plan="plus",
+                      faults=FaultConfig(latency_seconds=0.05))
+    with Simulator([shop], time_scale=10) as running:
+        yield running
+
+
+def sync_process(settings, user: str, **env: str) -> subprocess.Popen:
+    """`shopify-pipeline sync` of the user's orders (initial) in a process of its own, on the test's tables."""
+    prefix = settings.tables.checkpoints.removesuffix("sync_checkpoints")
+    environ = {**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": settings.dynamodb_endpoint_url,
+               "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix, "SHOPIFY_ALLOW_LOCAL_SHOPS": "1", **env}
+    return subprocess.Popen([sys.executable, "-m", "shopify_pipeline.cli", "sync", "--user", user,
+                             "--type", "initial", "--data-types", "orders"], env=environ,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,10 +4,7 @@ and every stored document compared with the simulator's own, field for field.
 `gql-<shop>` users read through GraphQL, `user-<shop>` users through REST (sync/conftest.py).
 """
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
@@ -15,12 +12,12 @@ import pytest
 
 from shopify_pipeline.dynamo.codec import GRAPHQL, REST
 from shopify_pipeline.settings import DATA_TYPES
-from shopify_pipeline.simulator import FaultConfig, FaultRule, ShopConfig, Simulator
+from shopify_pipeline.simulator import FaultConfig, FaultRule
 from shopify_pipeline.simulator.config import ALL_SCOPES
 from shopify_pipeline.sync.engine import SyncEngine, SyncOptions, deleted_id
 from shopify_pipeline.sync.service import SyncService
 from shopify_pipeline_tests.support.graphql_truth import graphql_truth
-from shopify_pipeline_tests.sync.conftest import FAST_SHOPIFY, source_of_truth, stored
+from shopify_pipeline_tests.sync.conftest import FAST_SHOPIFY, source_of_truth, stored, sync_process
 
 _DOCUMENT_ATTRIBUTES = ("userId", "doc", "docZ", "docChunks", "docSha256")
 
@@ -206,29 +203,12 @@ def test_without_read_all_orders_a_graphql_sync_flags_only_recent_orders(service
 
 # A real process killed with SIGKILL mid-sync, three times: it resumes from the cursor it saved.
 
-@pytest.fixture
-def slow_sim():
-    shop = ShopConfig("big", "shpat_big", orders=3000, seed=21, plan="plus",
-                      faults=FaultConfig(latency_seconds=0.05))
-    with Simulator([shop], time_scale=10) as running:
-        yield running
-
-
-def _sync_process(settings, sim) -> subprocess.Popen:
-    prefix = settings.tables.checkpoints.removesuffix("sync_checkpoints")
-    env = {**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": settings.dynamodb_endpoint_url,
-           "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix, "SHOPIFY_ALLOW_LOCAL_SHOPS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "shopify_pipeline.cli", "sync", "--user", "gql-big",
-                             "--type", "initial", "--data-types", "orders"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def test_a_graphql_sync_killed_with_sigkill_resumes_from_its_cursors(settings, slow_sim):
     engine = SyncEngine(settings, FAST_SHOPIFY)
     SyncService(engine).add_connection("gql-big", slow_sim.shop_url("big"), "literal:shpat_big")
     kills = 0
     for target in (5, 15, 25):
-        process = _sync_process(settings, slow_sim)
+        process = sync_process(settings, "gql-big")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
             if engine.state.get_status("gql-big").get("orders", {}).get("page", 0) >= target:
@@ -239,7 +219,7 @@ def test_a_graphql_sync_killed_with_sigkill_resumes_from_its_cursors(settings, s
             kills += 1
         process.wait()
         SyncService(engine).clear_sync_status("gql-big", "orders", release_lease=True)
-    assert _sync_process(settings, slow_sim).wait(timeout=240) == 0
+    assert sync_process(settings, "gql-big").wait(timeout=240) == 0
     assert kills >= 2
     stats = slow_sim.stats("big")
     status = engine.state.get_status("gql-big")["orders"]

@@ -1,22 +1,16 @@
 """The seed's recovery scenarios for real: a failed batch 26-50 through the DynamoDB fault proxy, and a
 sync process killed with SIGKILL that resumes from its checkpoint."""
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
-import pytest
-
 from shopify_pipeline.dynamo.state import StateStore
-from shopify_pipeline.simulator import FaultConfig, ShopConfig, Simulator
 from shopify_pipeline.sync.engine import SyncEngine, SyncOptions
 from shopify_pipeline.sync.service import SyncService
 from shopify_pipeline_tests.support.dynamo_fault_proxy import DynamoFaultProxy
-from shopify_pipeline_tests.sync.conftest import FAST_SHOPIFY, source_of_truth, stored
+from shopify_pipeline_tests.sync.conftest import FAST_SHOPIFY, source_of_truth, stored, sync_process
 
 
 def test_failed_batch_26_50_is_saved_then_retried_to_success(settings, sim):
@@ -57,30 +51,13 @@ def test_failed_batch_26_50_is_saved_then_retried_to_success(settings, sim):
         assert StateStore(service.engine.dynamodb, proxied).find_failed_batches("orders") == []
 
 
-@pytest.fixture
-def slow_sim():
-    shop = ShopConfig("big", "shpat_big", orders=3000, seed=21, plan="plus",
-                      faults=FaultConfig(latency_seconds=0.05))
-    with Simulator([shop], time_scale=10) as running:
-        yield running
-
-
-def _sync_process(settings, sim) -> subprocess.Popen:
-    prefix = settings.tables.checkpoints.removesuffix("sync_checkpoints")
-    env = {**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": settings.dynamodb_endpoint_url,
-           "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix, "SHOPIFY_ALLOW_LOCAL_SHOPS": "1", "SHOPIFY_PAGE_SIZE": "100"}
-    return subprocess.Popen([sys.executable, "-m", "shopify_pipeline.cli", "sync", "--user", "user-big",
-                             "--type", "initial", "--data-types", "orders"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def test_a_sync_killed_with_sigkill_resumes_and_refetches_at_most_one_page_per_slice(settings, slow_sim):
     engine = SyncEngine(settings, FAST_SHOPIFY)
     SyncService(engine).add_connection("user-big", slow_sim.shop_url("big"), "literal:shpat_big", api="rest")
     rng = random.Random(7)
     kills = 0
     for _ in range(3):
-        process = _sync_process(settings, slow_sim)
+        process = sync_process(settings, "user-big", SHOPIFY_PAGE_SIZE="100")
         target = rng.randint(2, 8)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
@@ -95,7 +72,7 @@ def test_a_sync_killed_with_sigkill_resumes_and_refetches_at_most_one_page_per_s
         # A killed process keeps its lease until it expires; the runbook's `clear --release-lease`
         # hands it over at once.
         SyncService(engine).clear_sync_status("user-big", "orders", release_lease=True)
-    final = _sync_process(settings, slow_sim)
+    final = sync_process(settings, "user-big", SHOPIFY_PAGE_SIZE="100")
     assert final.wait(timeout=240) == 0
     assert kills >= 2
     page_requests = slow_sim.stats("big")["requests"]["orders"]
