@@ -5,7 +5,15 @@
                      headers={"X-Shopify-Access-Token": "shpat_acme"})
 """
 
-from shopify_pipeline.simulator.config import ALL_SCOPES, PLANS, FaultConfig, FaultRule, ShopConfig
+from shopify_pipeline.simulator.config import (
+    ALL_SCOPES,
+    PLANS,
+    BulkConfig,
+    BulkFaults,
+    FaultConfig,
+    FaultRule,
+    ShopConfig,
+)
 from shopify_pipeline.simulator.server import Simulator
 
-__all__ = ["ALL_SCOPES", "PLANS", "FaultConfig", "FaultRule", "ShopConfig", "Simulator"]
+__all__ = ["ALL_SCOPES", "PLANS", "BulkConfig", "BulkFaults", "FaultConfig", "FaultRule", "ShopConfig", "Simulator"]

@@ -274,6 +274,24 @@ def test_customers_with_addresses_equal_the_paged_documents(sim: Simulator):
     assert len(truth) == 60 and all(customer["addressesV2"] for customer in truth.values())
 
 
+def test_a_connection_inside_an_object_belongs_to_the_enclosing_node(sim: Simulator):
+    query = "{ orders { edges { node { id customer { id email addressesV2 { edges { node { id city } } } } } } } }"
+    _, body = completed_rows(sim, "main", query, group=True)
+    rows = lines(body)
+    orders = {row["id"]: row for row in rows if "__parentId" not in row}
+    addresses = [row for row in rows if "__parentId" in row]
+    assert len(orders) == 400 and addresses
+    assert all(row["__parentId"] in orders for row in addresses)
+    assert all("addressesV2" not in order["customer"] for order in orders.values() if order["customer"])
+
+
+def test_events_can_be_exported(sim: Simulator):
+    deleted = sim.delete_records("old", "orders", n=2, seed=3)
+    query = "{ events(query: \"subject_type:ORDER\") { edges { node { id action ... on BasicEvent { subjectId } } } } }"
+    _, body = completed_rows(sim, "old", query)
+    assert {row["subjectId"] for row in lines(body)} >= {f"gid://shopify/Order/{id_}" for id_ in deleted}
+
+
 def test_search_query_filters_the_bulk_export(sim: Simulator):
     cutoff = sorted(order["id"] for order in sim.records("main", "orders"))[99]
     query = f'{{ orders(query: "id:<={cutoff}") {{ edges {{ node {{ id }} }} }} }}'
@@ -386,10 +404,12 @@ def test_five_at_once_from_2026_01_and_the_sixth_is_refused(sim: Simulator, faul
 
 
 def test_one_at_a_time_on_2025_10_and_grouped_by_default(sim: Simulator):
+    sim.set_bulk_faults("old", BulkFaults(stuck=True, times=1))  # the first holds its slot
     first = start(sim, "old", SMALL_BULK, version="2025-10")
     refused = run(sim, "old", SMALL_BULK, version="2025-10")
     assert refused["userErrors"][0]["message"] == (
         f"A bulk query operation for this app and shop is already in progress: {first}.")
+    cancel(sim, "old", first)
     wait(sim, "old", first)
     operation = wait(sim, "old", start(sim, "old", ORDERS_BULK.replace(ORDER_FIELDS, "id"), version="2025-10"))
     parent = None
@@ -401,8 +421,10 @@ def test_one_at_a_time_on_2025_10_and_grouped_by_default(sim: Simulator):
 
 
 def test_the_concurrency_limit_is_a_shop_setting(sim: Simulator):
+    sim.set_bulk_faults("single", BulkFaults(stuck=True, times=1))
     first = start(sim, "single", SMALL_BULK)
     assert run(sim, "single", SMALL_BULK)["userErrors"][0]["code"] == "OPERATION_IN_PROGRESS"
+    cancel(sim, "single", first)
     wait(sim, "single", first)
     wait(sim, "single", start(sim, "single", SMALL_BULK))
 
@@ -454,7 +476,10 @@ def test_access_denied_by_fault_and_by_a_missing_scope(sim: Simulator, faulty: s
 def test_stuck_running_forever(sim: Simulator, faulty: str):
     sim.set_bulk_faults(faulty, BulkFaults(stuck=True, fail_at=0.25))
     operation_id = start(sim, faulty, SMALL_BULK)
-    wait(sim, faulty, operation_id, until=("RUNNING",))
+    deadline = time.monotonic() + 30
+    while poll(sim, faulty, operation_id)["objectCount"] != "50":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     time.sleep(0.5)  # 25 simulated seconds: far longer than 200 objects need
     states = {(state["status"], state["objectCount"]) for state in (poll(sim, faulty, operation_id) for _ in range(5))}
     assert states == {("RUNNING", "50")}
