@@ -69,7 +69,7 @@ MAX_CONNECTIONS = 5
 MAX_NESTING_DEPTH = 2
 ROOTS_PER_CHUNK = 100  # root records run through graphql-core at a time (and shuffled together when ungrouped)
 ACTIVE = ("CREATED", "RUNNING", "CANCELING")
-IN_PROGRESS = ("A bulk query operation for this app and shop is already in progress: {id}.")
+IN_PROGRESS = "A bulk query operation for this app and shop is already in progress: {id}."
 EXPIRED_BODY = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
                 b"<Message>Access denied.</Message><Details>Request has expired</Details></Error>")
 SIGNATURE_BODY = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SignatureDoesNotMatch</Code>"
@@ -415,8 +415,10 @@ class Operation:
         with self.lock:
             written, done_real, worker_failed = self.written, self.done_real, self.worker_failed
             canceled_real, expired_real = self.canceled_real, self.expired_real
+        # A failing or stuck operation never shows more than the objects it gets to.
+        cap = self._limit(written) if faults.stuck or faults.fail else written
         if canceled_real is not None:
-            objects = self._progress(canceled_real, written)
+            objects = self._progress(canceled_real, cap)
             ends = canceled_real + config.cancel_seconds / self.time_scale
             return View("CANCELED" if now >= ends else "CANCELING", objects=objects)
         elapsed = (now - self.created_real) * self.time_scale
@@ -428,21 +430,19 @@ class Operation:
         if done_real is None or faults.stuck:
             if elapsed >= config.max_duration_seconds:
                 return timeout
-            limit = self._limit(written) if faults.stuck or faults.fail else written
-            return View("RUNNING", objects=min(self._progress(now, written), limit))
+            return View("RUNNING", objects=self._progress(now, cap))
         if worker_failed:
             return View("FAILED", "INTERNAL_SERVER_ERROR", self._progress(done_real, written))
-        limit = self._limit(written) if faults.fail else written
-        ends = max(self._real(config.created_seconds + limit / config.objects_per_second), done_real)
+        ends = max(self._real(config.created_seconds + cap / config.objects_per_second), done_real)
         if (ends - self.created_real) * self.time_scale > config.max_duration_seconds:
             return timeout if elapsed >= config.max_duration_seconds else View(
                 "RUNNING", objects=self._progress(now, written))
         if now < ends:
-            return View("RUNNING", objects=self._progress(now, limit))
+            return View("RUNNING", objects=self._progress(now, cap))
         expires = expired_real if expired_real is not None else ends + config.url_expiry_seconds / self.time_scale
         if faults.fail:
             live = faults.partial_data and now < expires
-            return View("FAILED", faults.fail, limit, partial=live)
+            return View("FAILED", faults.fail, cap, partial=live)
         if now >= expires:
             return View("EXPIRED", objects=written, completed_real=ends)
         return View("COMPLETED", objects=written, completed_real=ends, url=not faults.null_url)

@@ -68,7 +68,7 @@ def sim() -> Iterator[Simulator]:
         ShopConfig("main", "shpat_main", orders=400, products=30, customers=60, seed=3, plan="plus",
                    large_order_every=100, large_product_every=10),
         ShopConfig("slow", "shpat_slow", orders=600, products=3, customers=3, seed=4, plan="plus",
-                   bulk=BulkConfig(objects_per_second=40)),
+                   bulk=BulkConfig(objects_per_second=20)),
         ShopConfig("faulty", "shpat_faulty", orders=200, products=5, customers=5, seed=5, plan="plus"),
         ShopConfig("old", "shpat_old", orders=40, products=2, customers=2, seed=6, plan="plus",
                    api_versions=("2025-10", *SUPPORTED_API_VERSIONS)),
@@ -206,7 +206,7 @@ def test_lifecycle_created_running_completed_with_growing_object_count(sim: Simu
     counts = [count for _, count in seen]
     assert counts == sorted(counts), "objectCount never goes down"
     running = [count for status, count in seen if status == "RUNNING"]
-    assert len(set(running)) >= 5 and 0 < running[-1] < 600, seen
+    assert len(set(running)) >= 3 and 0 < running[-1] < 600, seen
     assert state["status"] == "COMPLETED" and state["errorCode"] is None
     assert state["objectCount"] == state["rootObjectCount"] == str(len(sim.records("slow", "orders")))
     assert state["completedAt"] >= state["createdAt"]
@@ -577,3 +577,13 @@ def test_the_admin_api_sets_bulk_faults_and_lists_operations(sim: Simulator, fau
     listed = requests.get(f"{base}/bulk", timeout=10).json()["bulk_operations"]
     assert listed[-1]["id"] == operation["id"] and listed[-1]["status"] == "COMPLETED"
     assert requests.post(f"{base}/bulk_expire", timeout=10).json()["expired"][-1] == operation["id"]
+
+
+def test_bulk_settings_load_from_a_config_file():
+    config = ShopConfig.from_dict({"name": "x", "token": "t", "bulk": {"concurrency": 2, "url_expiry_seconds": 60,
+                                                                         "faults": {"stuck": True, "times": 1}}})
+    assert config.bulk == BulkConfig(concurrency=2, url_expiry_seconds=60, faults=BulkFaults(stuck=True, times=1))
+    with pytest.raises(ValueError, match="unknown bulk fault fields"):
+        BulkFaults.from_dict({"stuk": True})
+    with pytest.raises(ValueError, match="unknown bulk errorCode"):
+        BulkFaults(fail="OOPS")
