@@ -13,7 +13,7 @@ import pytest
 import requests
 from graphql import build_schema, parse
 
-from shopify_pipeline.simulator import ShopConfig, Simulator
+from shopify_pipeline.simulator import FaultConfig, FaultRule, ShopConfig, Simulator
 from shopify_pipeline.simulator.bulk import ShapeBuilder
 from shopify_pipeline.simulator.config import SUPPORTED_API_VERSIONS, BulkConfig, BulkFaults
 
@@ -587,3 +587,15 @@ def test_bulk_settings_load_from_a_config_file():
         BulkFaults.from_dict({"stuk": True})
     with pytest.raises(ValueError, match="unknown bulk errorCode"):
         BulkFaults(fail="OOPS")
+
+
+def test_a_cut_answer_still_creates_the_operation(sim: Simulator):
+    sim.set_faults("old", FaultConfig(rules=(FaultRule("truncate", endpoint="graphql:bulkOperationRunQuery"),)))
+    try:
+        with pytest.raises(requests.exceptions.RequestException):
+            post(sim, "old", RUN, {"query": SMALL_BULK, "group": None})
+    finally:
+        sim.set_faults("old", FaultConfig())
+    current = post(sim, "old", "{ currentBulkOperation { id } }")["data"]["currentBulkOperation"]
+    assert current["id"] == sim.bulk_operations("old")[-1]["id"]
+    wait(sim, "old", current["id"])
