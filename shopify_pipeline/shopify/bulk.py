@@ -1,0 +1,284 @@
+"""Shopify bulk query operations: start one, poll it to its end, say what its end means, download its result.
+
+A bulk query exports a whole listing as JSONL, unbounded by the rate limit. It is also where connectors
+lose data, so every end is read strictly (`BulkOperations.result_url`):
+
+- COMPLETED with a URL: the result. COMPLETED without one is an empty result only when `objectCount` is 0;
+  with objects it is an error, never "zero records".
+- FAILED: ACCESS_DENIED is permanent (a scope is missing); INTERNAL_SERVER_ERROR and TIMEOUT are transient
+  and carry the `partialDataUrl` if Shopify gave one.
+- EXPIRED (the URL lives 7 days), CANCELED: transient; a new operation is needed.
+
+The result is downloaded from storage, not from the shop: the access token is never sent there, redirects
+are refused, and a connection that drops mid-file is resumed with `Range` from the last whole line.
+
+This module is the client side only; the engine does not use it yet (issue #13).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import requests
+
+from shopify_pipeline.settings import ShopifySettings
+from shopify_pipeline.shopify.client import UnexpectedAnswerError
+from shopify_pipeline.shopify.errors import (
+    BadRequestError,
+    MissingScopeError,
+    RedirectRefusedError,
+    ShopifyPermanentError,
+    ShopifyTransientError,
+)
+from shopify_pipeline.shopify.graphql import GraphQLClient
+
+log = logging.getLogger(__name__)
+
+OPERATION_FIELDS = ("id status errorCode createdAt completedAt objectCount rootObjectCount fileSize url "
+                    "partialDataUrl")
+RUNNING = ("CREATED", "RUNNING", "CANCELING")
+ENDED = ("COMPLETED", "FAILED", "CANCELED", "EXPIRED")
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one JSONL object; a longer line is a broken file, not read into memory
+
+START = ("mutation Start($query: String!, $group: Boolean) { bulkOperationRunQuery(query: $query, "
+         f"groupObjects: $group) {{ bulkOperation {{ {OPERATION_FIELDS} }} userErrors {{ field message code }} }} }}")
+POLL = f"query Poll($id: ID!) {{ bulkOperation(id: $id) {{ {OPERATION_FIELDS} }} }}"
+CURRENT = f"query Current {{ currentBulkOperation(type: QUERY) {{ {OPERATION_FIELDS} }} }}"
+CANCEL = (f"mutation Cancel($id: ID!) {{ bulkOperationCancel(id: $id) {{ bulkOperation {{ {OPERATION_FIELDS} }} "
+          "userErrors { field message } } }")
+
+
+class BulkInProgressError(ShopifyTransientError):
+    """The shop already runs as many bulk queries as it allows (one before API 2026-01, five since)."""
+
+    reason = "bulk_in_progress"
+
+
+class BulkQueryRefusedError(BadRequestError):
+    """Shopify refused the bulk query itself (too many connections, too deep, …): ours to fix."""
+
+    reason = "bulk_query_refused"
+
+
+class BulkOperationFailedError(ShopifyTransientError):
+    """The operation ended without a whole result (FAILED, CANCELED, EXPIRED, or COMPLETED without its file).
+    `operation` says how; a new operation (or the `partialDataUrl`, then the rest) is the way on."""
+
+    reason = "bulk_failed"
+
+    def __init__(self, message: str, operation: BulkOperation) -> None:
+        super().__init__(message)
+        self.operation = operation
+
+
+class BulkResultExpiredError(ShopifyTransientError):
+    """The result URL expired (Shopify keeps results 7 days): start a new operation."""
+
+    reason = "bulk_result_expired"
+
+
+@dataclass(frozen=True)
+class BulkOperation:
+    """A bulk operation as `bulkOperation(id:)` shows it."""
+
+    id: str
+    status: str
+    error_code: str | None
+    object_count: int
+    root_object_count: int
+    url: str | None
+    partial_data_url: str | None
+    created_at: str | None
+
+    @classmethod
+    def of(cls, value: object) -> BulkOperation:
+        """Read Shopify's object; anything that is not a bulk operation is an UnexpectedAnswerError."""
+        if not isinstance(value, dict) or not isinstance(value.get("id"), str) or value.get("status") not in (
+                *RUNNING, *ENDED):
+            raise UnexpectedAnswerError(f"Shopify's answer is not a bulk operation: {str(value)[:200]}")
+        return cls(value["id"], value["status"], value.get("errorCode"), _count(value.get("objectCount")),
+                   _count(value.get("rootObjectCount")), value.get("url"), value.get("partialDataUrl"),
+                   value.get("createdAt"))
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+
+def _count(value: object) -> int:
+    """An UnsignedInt64 count (a string of digits, or a number); absent is 0."""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise UnexpectedAnswerError(f"Shopify's bulk operation count is not a number: {str(value)[:40]!r}")
+
+
+class BulkOperations:
+    """Bulk query operations of one shop, through its GraphQL client (same session, pacing and errors)."""
+
+    def __init__(self, graphql: GraphQLClient, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.graphql = graphql
+        self._sleep = sleep
+        self._clock = clock
+
+    def start(self, query: str, group_objects: bool = False) -> BulkOperation:
+        """Start a bulk query. Raises BulkInProgressError when the shop runs its maximum already, and
+        BulkQueryRefusedError for a query Shopify will not run."""
+        answer = self.graphql.execute(START, {"query": query, "group": group_objects}).data
+        payload = answer.get("bulkOperationRunQuery")
+        if not isinstance(payload, dict):
+            raise UnexpectedAnswerError("Shopify's answer to bulkOperationRunQuery has no payload")
+        errors = payload.get("userErrors") or []
+        if errors:
+            text = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)[:500]
+            if any(isinstance(e, dict) and e.get("code") == "OPERATION_IN_PROGRESS" for e in errors):
+                raise BulkInProgressError(f"Shopify runs as many bulk queries for this shop as it allows ({text})")
+            raise BulkQueryRefusedError(f"Shopify refused the bulk query ({text})")
+        return BulkOperation.of(payload.get("bulkOperation"))
+
+    def get(self, operation_id: str) -> BulkOperation | None:
+        """The operation now, or None when Shopify does not know it."""
+        found = self.graphql.execute(POLL, {"id": operation_id}).data.get("bulkOperation")
+        return None if found is None else BulkOperation.of(found)
+
+    def current(self) -> BulkOperation | None:
+        """The shop's most recent bulk query operation, whatever its status (to find one whose id was lost)."""
+        found = self.graphql.execute(CURRENT).data.get("currentBulkOperation")
+        return None if found is None else BulkOperation.of(found)
+
+    def cancel(self, operation_id: str) -> BulkOperation | None:
+        """Ask Shopify to cancel; returns the operation as it is then (an ended one stays as it ended)."""
+        payload = self.graphql.execute(CANCEL, {"id": operation_id}).data.get("bulkOperationCancel") or {}
+        found = payload.get("bulkOperation")
+        return None if found is None else BulkOperation.of(found)
+
+    def wait(self, operation_id: str, progress: Callable[[BulkOperation], None] | None = None,
+             first_poll: float = 1.0, max_poll: float = 30.0, max_seconds: float = 10 * 24 * 3600) -> BulkOperation:
+        """Poll until the operation ends: every `first_poll` seconds at first, doubling up to `max_poll`.
+        Raises BulkOperationFailedError if it is still running after `max_seconds` (Shopify's limit is 10 days)
+        or Shopify no longer knows it."""
+        started = self._clock()
+        pause = first_poll
+        while True:
+            operation = self.get(operation_id)
+            if operation is None:
+                raise ShopifyTransientError(f"Shopify no longer knows bulk operation {operation_id}")
+            if progress is not None:
+                progress(operation)
+            if operation.ended:
+                return operation
+            if self._clock() - started > max_seconds:
+                raise BulkOperationFailedError(
+                    f"bulk operation {operation_id} is still {operation.status} after {max_seconds:.0f} s "
+                    f"({operation.object_count} objects)", operation)
+            self._sleep(pause)
+            pause = min(max_poll, pause * 2)
+
+    @staticmethod
+    def result_url(operation: BulkOperation) -> str | None:
+        """The URL of an ended operation's whole result, or None for an empty one; raises for every other end."""
+        status, count = operation.status, operation.object_count
+        if status == "COMPLETED":
+            if operation.url:
+                return operation.url
+            if count == 0:
+                return None  # the only empty result: nothing matched
+            raise BulkOperationFailedError(
+                f"bulk operation {operation.id} COMPLETED with {count} objects but no result URL; it is not taken "
+                "as empty. A new operation is needed.", operation)
+        if status == "FAILED" and operation.error_code == "ACCESS_DENIED":
+            raise MissingScopeError(
+                f"Shopify refused bulk operation {operation.id} (ACCESS_DENIED): the app lacks a scope the query "
+                "needs. Ask the merchant to approve it and reconnect.", 403)
+        partial = " (a partial result is at its partialDataUrl)" if operation.partial_data_url else ""
+        if status == "EXPIRED":
+            raise BulkResultExpiredError(f"the result of bulk operation {operation.id} expired: a new one is needed")
+        raise BulkOperationFailedError(
+            f"bulk operation {operation.id} ended {status}"
+            f"{f' ({operation.error_code})' if operation.error_code else ''} after {count} objects{partial}",
+            operation)
+
+
+class ResultDownload:
+    """Reads a bulk result URL line by line from a byte offset. The URL is storage's, not the shop's: no access
+    token is sent, no redirect is followed; a connection that drops is resumed with `Range` from the last whole
+    line, `retries` times in a row without progress."""
+
+    def __init__(self, settings: ShopifySettings | None = None, chunk_bytes: int = 256 * 1024) -> None:
+        self.settings = settings or ShopifySettings()
+        self.chunk_bytes = chunk_bytes
+        self._session = requests.Session()
+        self._session.headers.update({"User-Agent": "shopify_pipeline/0.1"})
+
+    def close(self) -> None:
+        self._session.close()
+
+    def lines(self, url: str, offset: int = 0) -> Iterator[tuple[bytes, int]]:
+        """Every line from byte `offset` on, as (line without its newline, the offset just after it); the
+        offset is what to resume from."""
+        failures = 0
+        while True:
+            try:
+                for line, after in self._read(url, offset):
+                    offset = after
+                    failures = 0
+                    yield line, after
+                return
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+                failures += 1
+                if failures > self.settings.retries:
+                    raise ShopifyTransientError(
+                        f"the bulk result download kept failing at byte {offset} ({type(error).__name__})") from None
+                log.warning("bulk result download dropped at byte %d (%s); resuming with Range", offset,
+                            type(error).__name__)
+                time.sleep(min(self.settings.backoff_cap_seconds, self.settings.backoff_seconds * 2 ** (failures - 1)))
+
+    def _read(self, url: str, offset: int) -> Iterator[tuple[bytes, int]]:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        timeout = (min(10.0, self.settings.timeout_seconds), self.settings.timeout_seconds)  # per read: files are big
+        with self._session.get(url, headers=headers, stream=True, timeout=timeout, allow_redirects=False) as answer:
+            if 300 <= answer.status_code < 400:
+                raise RedirectRefusedError(f"the bulk result URL answered {answer.status_code}, a redirect; refused",
+                                           answer.status_code)
+            if answer.status_code == 416:
+                return  # the offset is the end of the file: nothing more
+            if answer.status_code == 403 and b"expired" in answer.content[:2000].lower():
+                raise BulkResultExpiredError("the bulk result URL expired: a new operation is needed", 403)
+            if answer.status_code >= 500:
+                raise requests.ConnectionError(f"storage answered {answer.status_code}")
+            if answer.status_code not in (200, 206):
+                raise ShopifyPermanentError(f"the bulk result URL answered {answer.status_code}", answer.status_code)
+            skip = 0
+            if offset and answer.status_code == 200:
+                skip = offset  # storage ignored the Range: read past what we have
+            elif offset and not answer.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+                raise UnexpectedAnswerError(
+                    f"storage answered Range {offset}- with Content-Range {answer.headers.get('Content-Range')}")
+            position = offset if answer.status_code == 206 else 0
+            pending = b""
+            for chunk in answer.iter_content(self.chunk_bytes):
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip, position = chunk[cut:], skip - cut, position + cut
+                pending += chunk
+                *whole, pending = pending.split(b"\n")
+                for line in whole:
+                    position += len(line) + 1
+                    if line:
+                        yield line, position
+                if len(pending) > MAX_LINE_BYTES:
+                    raise UnexpectedAnswerError(f"a bulk result line is longer than {MAX_LINE_BYTES:,} bytes")
+            if pending:  # the last line without a newline: whole only if the file ended here
+                declared = answer.headers.get("Content-Length")
+                received = position + len(pending) - (offset if answer.status_code == 206 else 0)
+                if declared is not None and received < int(declared):
+                    raise requests.exceptions.ChunkedEncodingError("the body ended before its Content-Length")
+                position += len(pending)
+                yield pending, position
