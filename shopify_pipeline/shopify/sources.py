@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from shopify_pipeline.dynamo.codec import GRAPHQL, REST
 from shopify_pipeline.exact_json import dumps_json
+from shopify_pipeline.shopify.bulk_records import bulk_query
 from shopify_pipeline.shopify.client import ClientStats, ShopifyClient, UnexpectedAnswerError
 from shopify_pipeline.shopify.graphql import GraphQLClient
 
@@ -133,22 +134,23 @@ VARIANT_FIELDS = ("id legacyResourceId title sku price compareAtPrice barcode po
 ADDRESS_FIELDS = ("id firstName lastName company address1 address2 city province provinceCode country "
                   "countryCodeV2 zip phone")
 
-RECORD_FIELDS = {
+# Each record's own fields, then its nested connection (first few items inline; the rest by NESTED_QUERIES).
+RECORD_SCALARS = {
     "orders": (
         "id legacyResourceId name email createdAt updatedAt processedAt cancelledAt closedAt "
         "displayFinancialStatus displayFulfillmentStatus currencyCode "
         f"totalPriceSet {{ {_MONEY} }} subtotalPriceSet {{ {_MONEY} }} totalTaxSet {{ {_MONEY} }} "
-        "tags note test customer { id legacyResourceId } "
-        f"lineItems(first: 10) {{ nodes {{ {LINE_ITEM_FIELDS} }} {_PAGE_INFO} }}"
+        "tags note test customer { id legacyResourceId }"
     ),
-    "products": (
-        "id legacyResourceId title handle status vendor productType descriptionHtml createdAt updatedAt "
-        f"publishedAt tags variants(first: 25) {{ nodes {{ {VARIANT_FIELDS} }} {_PAGE_INFO} }}"
-    ),
-    "customers": (
-        "id legacyResourceId email firstName lastName phone state note createdAt updatedAt tags "
-        f"addressesV2(first: 5) {{ nodes {{ {ADDRESS_FIELDS} }} {_PAGE_INFO} }}"
-    ),
+    "products": ("id legacyResourceId title handle status vendor productType descriptionHtml createdAt updatedAt "
+                 "publishedAt tags"),
+    "customers": "id legacyResourceId email firstName lastName phone state note createdAt updatedAt tags",
+}
+RECORD_FIELDS = {
+    "orders": f"{RECORD_SCALARS['orders']} lineItems(first: 10) {{ nodes {{ {LINE_ITEM_FIELDS} }} {_PAGE_INFO} }}",
+    "products": f"{RECORD_SCALARS['products']} variants(first: 25) {{ nodes {{ {VARIANT_FIELDS} }} {_PAGE_INFO} }}",
+    "customers": (f"{RECORD_SCALARS['customers']} addressesV2(first: 5) {{ nodes {{ {ADDRESS_FIELDS} }} "
+                  f"{_PAGE_INFO} }}"),
 }
 TYPE_NAMES = {"orders": "Order", "products": "Product", "customers": "Customer"}
 SORT_KEYS = {"orders": "OrderSortKeys", "products": "ProductSortKeys", "customers": "CustomerSortKeys"}
@@ -179,6 +181,12 @@ def nested_query(data_type: str) -> str:
         f"query Rest($id: ID!, $first: Int!, $after: String) {{ node(id: $id) {{ ... on {TYPE_NAMES[data_type]} "
         f"{{ {field}(first: $first, after: $after) {{ nodes {{ {fields} }} {_PAGE_INFO} }} }} }} }}"
     )
+
+
+def bulk_listing_query(data_type: str, filters: dict | None = None) -> str:
+    """The bulk query that exports what `listing_query` pages through: the same fields, every nested item."""
+    field, fields, _, _ = NESTED[data_type]
+    return bulk_query(RECORD_SCALARS[data_type], field, fields, data_type, search_query(filters or {}))
 
 
 DELETIONS_QUERY = (
