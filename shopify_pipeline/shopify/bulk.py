@@ -38,7 +38,7 @@ from shopify_pipeline.shopify.graphql import GraphQLClient
 log = logging.getLogger(__name__)
 
 OPERATION_FIELDS = ("id status errorCode createdAt completedAt objectCount rootObjectCount fileSize url "
-                    "partialDataUrl")
+                    "partialDataUrl query")
 RUNNING = ("CREATED", "RUNNING", "CANCELING")
 ENDED = ("COMPLETED", "FAILED", "CANCELED", "EXPIRED")
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one JSONL object; a longer line is a broken file, not read into memory
@@ -92,6 +92,7 @@ class BulkOperation:
     url: str | None
     partial_data_url: str | None
     created_at: str | None
+    query: str | None = None
 
     @classmethod
     def of(cls, value: object) -> BulkOperation:
@@ -101,7 +102,7 @@ class BulkOperation:
             raise UnexpectedAnswerError(f"Shopify's answer is not a bulk operation: {str(value)[:200]}")
         return cls(value["id"], value["status"], value.get("errorCode"), _count(value.get("objectCount")),
                    _count(value.get("rootObjectCount")), value.get("url"), value.get("partialDataUrl"),
-                   value.get("createdAt"))
+                   value.get("createdAt"), value.get("query"))
 
     @property
     def ended(self) -> bool:

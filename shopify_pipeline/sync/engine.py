@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 from shopify_pipeline.dynamo.batch_writer import BatchWriter
 from shopify_pipeline.dynamo.client import dynamodb_client, translate_errors
-from shopify_pipeline.dynamo.codec import REST, record_key, shape_of, updated_at
+from shopify_pipeline.dynamo.codec import GRAPHQL, REST, record_key, shape_of, updated_at
 from shopify_pipeline.dynamo.connections import Connection, ConnectionStore
 from shopify_pipeline.dynamo.lease import HeldLease, LeaseLostError, new_owner
 from shopify_pipeline.dynamo.pages import PAGES_PER_SLICE, PageStore, page_number, sync_key
@@ -42,6 +42,7 @@ from shopify_pipeline.shopify.client import ShopifyClient
 from shopify_pipeline.shopify.errors import InvalidCursorError, ShopifyTransientError
 from shopify_pipeline.shopify.pacer import FixedGapPacer
 from shopify_pipeline.shopify.sources import PageSource, page_source
+from shopify_pipeline.sync.bulk_fetch import BULK_SLICE, BulkGiveUp, fetch_bulk, plan_bulk
 from shopify_pipeline.sync.records import BadRecordError, bad_records_message, note_bad_records, record_problems
 from shopify_pipeline.sync.tokens import resolve_token
 
@@ -78,6 +79,11 @@ class SyncOptions:
     slices: int = 4  # full syncs split the created_at range into this many slices, fetched in parallel
     lookback: timedelta = timedelta(hours=1)  # daily syncs re-read this much before the high-water mark
     min_records_to_slice: int = 1000  # smaller listings are fetched as one slice
+    # Full syncs of GraphQL connections with at least this many records export them with one bulk operation
+    # (None: never). Polls start at the first interval and double up to the second; the third is the most
+    # an operation may run (Shopify's limit is 10 days).
+    bulk_threshold: int | None = 10_000
+    bulk_poll: tuple[float, float, float] = (1.0, 30.0, 10 * 24 * 3600.0)
 
 
 @dataclass
@@ -230,11 +236,14 @@ class SyncEngine:
         result.only_recent_orders = bool(state.get("only_recent_orders"))
         for piece in state["slices"]:  # failed pages are fetched again, from their slice's cursor
             piece["failed"] = None
-        work = [piece for piece in state["slices"] if not piece["done"]]
         lock = threading.Lock()
         holder = {"checkpoint": checkpoint}
         stop = threading.Event()
         noun = data_type
+        if state.get("bulk") and not state["bulk"]["done"]:
+            holder["checkpoint"] = self._fetch_bulk(source, key, data_type, state, holder["checkpoint"], lease,
+                                                    progress)
+        work = [piece for piece in state["slices"] if not piece["done"]]
 
         stats = source.stats
 
@@ -320,6 +329,7 @@ class SyncEngine:
         state["last_run"] = {"requests": stats.requests, "retries": stats.retries, "throttled": stats.throttled,
                              **_api_version_note(source, self.shopify_settings.api_version)}
         state["fetch_done"] = (not result.failed_pages and all(p["done"] for p in state["slices"])
+                               and state.get("bulk", {}).get("done", True)
                                and state.get("deletes", {}).get("done", True))
         self.state.save_checkpoint(
             Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version), fence)
@@ -346,6 +356,39 @@ class SyncEngine:
             self.state.set_status(user_id, data_type, "fetched", sync_type, fence=fence, stage="fetch", **counts,
                                   message=f"Fetched {state['pages']} pages ({state['records']} {noun}).")
         return result
+
+    def _fetch_bulk(self, source: PageSource, key: str, data_type: str, state: dict, checkpoint: Checkpoint,
+                    lease: HeldLease, progress: Progress) -> Checkpoint:
+        """Fetch through the bulk operation of `state["bulk"]`; if it cannot give a whole result, drop what it
+        staged and plan paged slices instead (said in the status). Returns the checkpoint as last saved."""
+        holder = {"checkpoint": checkpoint}
+        user_id, sync_type = checkpoint.user_id, checkpoint.sync_type
+
+        def save() -> None:
+            holder["checkpoint"] = self.state.save_checkpoint(
+                Checkpoint(user_id, sync_type, data_type, state, holder["checkpoint"].version), lease.fence)
+
+        def status(message: str) -> None:
+            self.state.set_status(user_id, data_type, "fetching", sync_type, fence=lease.fence, stage="fetch",
+                                  page=state["pages"], recordCount=state["records"], message=message)
+            progress(message)
+
+        try:
+            fetch_bulk(source, self.pages, key, data_type, state, save, status, lease.fence, self.options.bulk_poll)
+        except BulkGiveUp as give_up:
+            bulk = state["bulk"]
+            message = (f"The bulk export of {data_type} gave no whole result ({give_up.reason}); fetching by pages "
+                       "instead.")
+            log.warning("%s: %s", user_id, message)
+            self.pages.drop(key, page_number(BULK_SLICE, 0), page_number(BULK_SLICE + 1, 0) - 1, lease.fence)
+            state["pages"] -= bulk["pages"]
+            state["records"] -= bulk["records"]
+            state.pop("bad_records", None), state.pop("bad_record_count", None)  # they were on the dropped pages
+            bulk.update(done=True, fallback=give_up.reason[:300], pages=0, records=0)
+            state["slices"] = [_slice(i, lo, hi) for i, (lo, hi) in enumerate(self._slices(source, data_type))]
+            save()
+            status(message)
+        return holder["checkpoint"]
 
     def _fetch_deletions(self, source: PageSource, key: str, data_type: str, state: dict,
                          checkpoint: Checkpoint, lease: HeldLease) -> Checkpoint:
@@ -400,11 +443,21 @@ class SyncEngine:
             state["slices"] = [_slice(0, None, None)]
             return state
         state["filters"] = {}
-        state["slices"] = [_slice(i, lo, hi) for i, (lo, hi) in enumerate(self._slices(source, data_type))]
+        count = None
+        if source.api == GRAPHQL and self.options.bulk_threshold is not None:
+            count = source.count(data_type)
+            if count >= self.options.bulk_threshold:  # one bulk export instead of pages (see bulk_fetch.py)
+                state["bulk"] = plan_bulk(state["filters"], data_type)
+                state["slices"] = []
+                return state
+        state["slices"] = [_slice(i, lo, hi) for i, (lo, hi) in enumerate(self._slices(source, data_type, count))]
         return state
 
-    def _slices(self, source: PageSource, data_type: str) -> list[tuple[str | None, str | None]]:
-        if self.options.slices <= 1 or source.count(data_type) < self.options.min_records_to_slice:
+    def _slices(self, source: PageSource, data_type: str, count: int | None = None
+                ) -> list[tuple[str | None, str | None]]:
+        if self.options.slices <= 1:
+            return [(None, None)]
+        if (source.count(data_type) if count is None else count) < self.options.min_records_to_slice:
             return [(None, None)]
         oldest = source.oldest_created_at(data_type)
         try:
