@@ -12,7 +12,7 @@ lose data, so every end is read strictly (`BulkOperations.result_url`):
 The result is downloaded from storage, not from the shop: the access token is never sent there, redirects
 are refused, and a connection that drops mid-file is resumed with `Range` from the last whole line.
 
-This module is the client side only; the engine does not use it yet (issue #13).
+Full syncs use it through `sync/bulk_fetch.py`.
 """
 
 from __future__ import annotations
