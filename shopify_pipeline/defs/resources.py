@@ -102,6 +102,15 @@ class SyncEngineResource(dg.ConfigurableResource):
     min_records_to_slice: int = Field(
         default=SyncOptions.min_records_to_slice, description="Smaller listings are fetched as one slice."
     )
+    bulk_threshold: int | None = Field(
+        default=SyncOptions.bulk_threshold,
+        description="Full syncs of GraphQL connections with at least this many records use one bulk operation "
+        "instead of pages (None: never).",
+    )
+    bulk_poll_seconds: float = Field(default=SyncOptions.bulk_poll[0],
+                                     description="First poll interval of a bulk operation (it doubles).")
+    bulk_max_poll_seconds: float = Field(default=SyncOptions.bulk_poll[1],
+                                         description="Longest poll interval of a bulk operation.")
 
     _engine: SyncEngine | None = PrivateAttr(default=None)
 
@@ -115,7 +124,9 @@ class SyncEngineResource(dg.ConfigurableResource):
         return self._engine
 
     def _build(self) -> SyncEngine:
-        options = SyncOptions(slices=self.slices, min_records_to_slice=self.min_records_to_slice)
+        options = SyncOptions(slices=self.slices, min_records_to_slice=self.min_records_to_slice,
+                              bulk_threshold=self.bulk_threshold,
+                              bulk_poll=(self.bulk_poll_seconds, self.bulk_max_poll_seconds, SyncOptions.bulk_poll[2]))
         return SyncEngine(self.dynamodb.settings(), self.shopify.settings(), options, self.dynamodb.client())
 
 

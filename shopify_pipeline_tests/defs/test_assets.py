@@ -7,6 +7,7 @@ import requests
 
 from shopify_pipeline.defs.assets import pages_key, step_key, sync_assets, sync_run_config, table_key
 from shopify_pipeline.defs.checks import sync_checks
+from shopify_pipeline.defs.resources import SyncEngineResource
 from shopify_pipeline.settings import DATA_TYPES
 from shopify_pipeline.simulator import FaultConfig, FaultRule
 from shopify_pipeline.sync.service import SyncService
@@ -76,6 +77,22 @@ def test_a_daily_run_through_graphql_survives_throttling_partial_data_and_5xx(in
         assert stored(engine, "user-small", data_type) == source_of_truth(sim, "small", data_type)
     assert not set(deleted) & set(stored(engine, "user-small", "orders"))
     assert metadata(result, table_key("orders"))["deleted_this_run"] == 2
+
+
+def test_listings_above_the_bulk_threshold_are_exported_with_one_operation_each_in_a_dagster_run(instance, sync_engine,
+                                                                                         engine, connected, sim):
+    bulk_engine = SyncEngineResource(dynamodb=sync_engine.dynamodb, shopify=sync_engine.shopify,
+                                     min_records_to_slice=500, bulk_threshold=50, bulk_poll_seconds=0.05,
+                                     bulk_max_poll_seconds=0.2)
+    before = len(sim.bulk_operations("acme"))
+    result = materialize(instance, bulk_engine, "user-acme", sync_type="initial")
+    assert result.success
+    # 700 orders and 60 customers are above the threshold of 50, 40 products below: two operations, in parallel.
+    assert len(sim.bulk_operations("acme")) - before == 2
+    for data_type in DATA_TYPES:
+        assert stored(engine, "user-acme", data_type) == source_of_truth(sim, "acme", data_type)
+        assert metadata(result, pages_key(data_type))["records"] == len(sim.records("acme", data_type))
+    assert all(c.passed for c in result.get_asset_check_evaluations())
 
 
 def test_a_transient_fault_is_retried_by_the_retry_policy_and_succeeds(instance, sync_engine, engine, connected,
