@@ -250,7 +250,7 @@ class ResultDownload:
                                            answer.status_code)
             if answer.status_code == 416:
                 return  # the offset is the end of the file: nothing more
-            if answer.status_code == 403 and b"expired" in answer.content[:2000].lower():
+            if answer.status_code == 403 and b"expired" in answer.raw.read(2000).lower():  # never the whole body
                 raise BulkResultExpiredError("the bulk result URL expired: a new operation is needed", 403)
             if answer.status_code >= 500:
                 raise requests.ConnectionError(f"storage answered {answer.status_code}")
@@ -263,17 +263,19 @@ class ResultDownload:
                 raise UnexpectedAnswerError(
                     f"storage answered Range {offset}- with Content-Range {answer.headers.get('Content-Range')}")
             position = offset if answer.status_code == 206 else 0
-            pending = b""
+            pending = bytearray()  # the line being read: appended to in place, split only when a newline came
             for chunk in answer.iter_content(self.chunk_bytes):
                 if skip:
                     cut = min(skip, len(chunk))
                     chunk, skip, position = chunk[cut:], skip - cut, position + cut
                 pending += chunk
-                *whole, pending = pending.split(b"\n")
-                for line in whole:
-                    position += len(line) + 1
-                    if line:
-                        yield line, position
+                if b"\n" in chunk:
+                    *whole, rest = bytes(pending).split(b"\n")
+                    pending = bytearray(rest)
+                    for line in whole:
+                        position += len(line) + 1
+                        if line:
+                            yield line, position
                 if len(pending) > MAX_LINE_BYTES:
                     raise UnexpectedAnswerError(f"a bulk result line is longer than {MAX_LINE_BYTES:,} bytes")
             if pending:  # the last line without a newline: whole only if the file ended here
@@ -282,4 +284,4 @@ class ResultDownload:
                 if declared is not None and received < int(declared):
                     raise requests.exceptions.ChunkedEncodingError("the body ended before its Content-Length")
                 position += len(pending)
-                yield pending, position
+                yield bytes(pending), position

@@ -24,24 +24,28 @@ from shopify_pipeline.shopify.bulk import (
     BulkOperation,
     BulkOperationFailedError,
     BulkOperations,
+    BulkQueryRefusedError,
     BulkResultExpiredError,
     ResultDownload,
 )
 from shopify_pipeline.shopify.bulk_records import UngroupedResultError, stitch
 from shopify_pipeline.shopify.client import UnexpectedAnswerError
+from shopify_pipeline.shopify.errors import MissingScopeError, ShopifyPermanentError, ShopifyTransientError
 from shopify_pipeline.shopify.sources import NESTED, GraphQLSource, bulk_listing_query
 from shopify_pipeline.sync.records import note_bad_records, record_problems
 
 log = logging.getLogger(__name__)
 
 PAGE_RECORDS = 250
-BULK_SLICE = 0  # staged bulk pages are numbered as slice 0's
+# Staged bulk pages have a slice number of their own (record slices count from 0, deletions are 999), so a
+# fallback's paged slices never meet them, and dropping them again is harmless.
+BULK_SLICE = 998
 
 
-def plan_bulk(filters: dict, data_type: str) -> dict:
-    """The checkpoint entry of a bulk fetch not started yet."""
+def plan_bulk(filters: dict, data_type: str, planned: int) -> dict:
+    """The checkpoint entry of a bulk fetch not started yet; `planned` is Shopify's count when it was planned."""
     return {"query": bulk_listing_query(data_type, filters), "operation": None, "offset": 0, "pages": 0,
-            "records": 0, "objects": None, "done": False, "fallback": None}
+            "records": 0, "lines": 0, "planned": planned, "objects": None, "done": False, "fallback": None}
 
 
 class BulkGiveUp(Exception):  # noqa: N818 - not an error to report: the caller falls back to paged slices
@@ -53,14 +57,18 @@ class BulkGiveUp(Exception):  # noqa: N818 - not an error to report: the caller 
 
 
 def fetch_bulk(source: GraphQLSource, pages: PageStore, key: str, data_type: str, state: dict,
-               save: Callable[[], None], status: Callable[[str], None], fence, poll: tuple[float, float, float]
+               save: Callable[[], None], status: Callable[[str], None], lease, poll: tuple[float, float, float]
                ) -> None:
     """Run (or resume) the bulk fetch of `state["bulk"]` to its end, staging pages and calling `save` (the
     checkpoint) after each. Raises BulkGiveUp when the operation cannot give a whole result."""
     bulk = state["bulk"]
     operations = BulkOperations(source.graphql)
     if bulk["operation"] is None:
-        operation = _start_or_adopt(operations, bulk["query"])
+        lease.check()  # no operation is started by a sync that already lost its lease
+        try:
+            operation = _start_or_adopt(operations, bulk["query"])
+        except BulkQueryRefusedError as error:
+            raise BulkGiveUp(str(error)) from None
         bulk["operation"] = operation.id
         save()  # the id first: a run that stops from here on polls this operation, it never starts another
         status(f"Bulk export of {data_type} started ({operation.id}).")
@@ -74,12 +82,23 @@ def fetch_bulk(source: GraphQLSource, pages: PageStore, key: str, data_type: str
         url = operations.result_url(operation)
     except (BulkOperationFailedError, BulkResultExpiredError) as error:
         raise BulkGiveUp(str(error)) from None
+    except (MissingScopeError, ShopifyTransientError) as error:
+        if isinstance(error, ShopifyTransientError) and "no longer knows" not in str(error):
+            raise  # a poll that failed: the next run polls the same operation
+        # ACCESS_DENIED, or an operation Shopify forgot: the next run (once the scope is granted) starts anew.
+        bulk["operation"] = None
+        save()
+        raise
     bulk["objects"] = operation.root_object_count
     if url is not None:
-        _read(url, source, pages, key, data_type, state, save, status, fence)
-    if bulk["records"] != operation.root_object_count:
-        raise BulkGiveUp(f"the bulk result held {bulk['records']} {data_type}, but the operation counted "
-                         f"{operation.root_object_count}")
+        _read(url, source, pages, key, data_type, state, save, status, lease.fence)
+    # Never "complete" on less than the operation counted, nor on nothing when the plan counted records.
+    if bulk["records"] != operation.root_object_count or (url is not None and bulk["lines"] != operation.object_count):
+        raise BulkGiveUp(f"the bulk result held {bulk['records']} {data_type} in {bulk['lines']} lines, but the "
+                         f"operation counted {operation.root_object_count} in {operation.object_count}")
+    if operation.root_object_count == 0 and bulk["planned"] > 0:
+        raise BulkGiveUp(f"the bulk export found no {data_type}, but Shopify counted {bulk['planned']} when the "
+                         "sync was planned")
     bulk["done"] = True
     save()
 
@@ -112,8 +131,8 @@ def _read(url: str, source: GraphQLSource, pages: PageStore, key: str, data_type
                 batch = []
         if batch:
             _stage(batch, resume, pages, key, data_type, state, save, fence)
-    except (UngroupedResultError, BulkResultExpiredError) as error:
-        raise BulkGiveUp(str(error)) from None
+    except (UngroupedResultError, BulkResultExpiredError, ShopifyPermanentError) as error:
+        raise BulkGiveUp(str(error)) from None  # storage refused the file (expired, 4xx): pages instead
     except UnexpectedAnswerError as error:
         raise BulkGiveUp(f"the bulk result is broken: {error}") from None
     finally:
@@ -128,7 +147,9 @@ def _stage(batch: list[dict], resume: int, pages: PageStore, key: str, data_type
     pages.put(key, number, dumps_json({data_type: batch}).encode(), len(batch), f"bulk {bulk['operation']}", fence)
     if problems:
         note_bad_records(state, problems)
-    bulk.update(offset=resume, pages=bulk["pages"] + 1, records=bulk["records"] + len(batch))
+    lines = sum(1 + len(record[NESTED[data_type][0]]["nodes"]) for record in batch)
+    bulk.update(offset=resume, pages=bulk["pages"] + 1, records=bulk["records"] + len(batch),
+                lines=bulk["lines"] + lines)
     state["pages"] += 1
     state["records"] += len(batch)
     save()

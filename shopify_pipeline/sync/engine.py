@@ -240,7 +240,7 @@ class SyncEngine:
         holder = {"checkpoint": checkpoint}
         stop = threading.Event()
         noun = data_type
-        if state.get("bulk") and not state["bulk"]["done"]:
+        if state.get("bulk") and (not state["bulk"]["done"] or state["bulk"].get("drop_pending")):
             holder["checkpoint"] = self._fetch_bulk(source, key, data_type, state, holder["checkpoint"], lease,
                                                     progress)
         work = [piece for piece in state["slices"] if not piece["done"]]
@@ -373,21 +373,29 @@ class SyncEngine:
                                   page=state["pages"], recordCount=state["records"], message=message)
             progress(message)
 
-        try:
-            fetch_bulk(source, self.pages, key, data_type, state, save, status, lease.fence, self.options.bulk_poll)
-        except BulkGiveUp as give_up:
-            bulk = state["bulk"]
-            message = (f"The bulk export of {data_type} gave no whole result ({give_up.reason}); fetching by pages "
-                       "instead.")
-            log.warning("%s: %s", user_id, message)
+        bulk = state["bulk"]
+        if not bulk["done"]:
+            try:
+                fetch_bulk(source, self.pages, key, data_type, state, save, status, lease, self.options.bulk_poll)
+            except BulkGiveUp as give_up:
+                slices = self._slices(source, data_type)  # Shopify first: if this fails, nothing has changed
+                message = (f"The bulk export of {data_type} gave no whole result ({give_up.reason}); fetching by "
+                           "pages instead.")
+                log.warning("%s: %s", user_id, message)
+                # Saved before anything is dropped: a run that stops now drops the bulk pages next time and
+                # never reads the bulk result again.
+                state["pages"] -= bulk["pages"]
+                state["records"] -= bulk["records"]
+                state["bad_records"] = [p for p in state.get("bad_records", [])
+                                        if p["page"] // PAGES_PER_SLICE != BULK_SLICE]
+                bulk.update(done=True, fallback=give_up.reason[:300], pages=0, records=0, drop_pending=True)
+                state["slices"] = [_slice(i, lo, hi) for i, (lo, hi) in enumerate(slices)]
+                save()
+                status(message)
+        if bulk.get("drop_pending"):
             self.pages.drop(key, page_number(BULK_SLICE, 0), page_number(BULK_SLICE + 1, 0) - 1, lease.fence)
-            state["pages"] -= bulk["pages"]
-            state["records"] -= bulk["records"]
-            state.pop("bad_records", None), state.pop("bad_record_count", None)  # they were on the dropped pages
-            bulk.update(done=True, fallback=give_up.reason[:300], pages=0, records=0)
-            state["slices"] = [_slice(i, lo, hi) for i, (lo, hi) in enumerate(self._slices(source, data_type))]
+            bulk["drop_pending"] = False
             save()
-            status(message)
         return holder["checkpoint"]
 
     def _fetch_deletions(self, source: PageSource, key: str, data_type: str, state: dict,
@@ -447,7 +455,7 @@ class SyncEngine:
         if source.api == GRAPHQL and self.options.bulk_threshold is not None:
             count = source.count(data_type)
             if count >= self.options.bulk_threshold:  # one bulk export instead of pages (see bulk_fetch.py)
-                state["bulk"] = plan_bulk(state["filters"], data_type)
+                state["bulk"] = plan_bulk(state["filters"], data_type, count)
                 state["slices"] = []
                 return state
         state["slices"] = [_slice(i, lo, hi) for i, (lo, hi) in enumerate(self._slices(source, data_type, count))]

@@ -118,3 +118,45 @@ def test_small_shops_and_daily_syncs_page_as_before(settings, sim):
     assert service.sync("small-user", "initial", data_types=("customers",)).success
     assert service.sync("small-user", data_types=("customers",)).data_types["customers"].sync_type == "daily"
     assert _operations(sim) == before
+
+
+def test_after_access_denied_is_fixed_the_rerun_starts_a_new_operation(service, sim):
+    sim.set_bulk_faults("bulky", BulkFaults(fail="ACCESS_DENIED", times=1))
+    assert not service.sync("bulk-user", "initial", data_types=("customers",)).success
+    assert service.load_checkpoint("bulk-user", "initial")["customers"]["bulk"]["operation"] is None
+    # The merchant granted the scope: the next run does not poll the failed operation again.
+    result = service.sync("bulk-user", data_types=("customers",))
+    assert result.success, result
+    assert stored(service, "bulk-user", "customers") == graphql_truth(sim, "bulky", "customers")
+
+
+def test_a_fallback_stopped_before_dropping_the_bulk_pages_drops_them_next_time(service, sim, monkeypatch):
+    # The export is read (two pages staged), then its count check fails; the run stops before the drop.
+    sim.set_bulk_faults("bulky", BulkFaults())
+    from shopify_pipeline.dynamo.pages import PageStore
+    from shopify_pipeline.sync import bulk_fetch
+
+    real_stage, real_drop = bulk_fetch._stage, PageStore.drop
+    staged = {"n": 0}
+
+    def stage_and_lose_the_rest(batch, *args, **kwargs):
+        staged["n"] += 1
+        if staged["n"] <= 2:
+            real_stage(batch, *args, **kwargs)  # pages after the second are "lost": the counts will not match
+
+    def drop_fails_once(self, key, first=None, last=None, fence=None):
+        if first is not None and first // 1_000_000 == bulk_fetch.BULK_SLICE:
+            monkeypatch.setattr(PageStore, "drop", real_drop)
+            raise RuntimeError("killed before the bulk pages were dropped")
+        return real_drop(self, key, first, last, fence)
+
+    monkeypatch.setattr(bulk_fetch, "_stage", stage_and_lose_the_rest)
+    monkeypatch.setattr(PageStore, "drop", drop_fails_once)
+    assert not service.sync("bulk-user", "initial", data_types=("orders",)).success
+    bulk = service.load_checkpoint("bulk-user", "initial")["orders"]["bulk"]
+    assert bulk["fallback"] and bulk["drop_pending"] and bulk["done"]
+    monkeypatch.setattr(bulk_fetch, "_stage", real_stage)
+    result = service.sync("bulk-user", data_types=("orders",))
+    assert result.success, result
+    assert stored(service, "bulk-user", "orders") == graphql_truth(sim, "bulky", "orders")
+    assert result.data_types["orders"].records == 600  # the two dropped bulk pages were not counted again
