@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -77,3 +79,19 @@ def sync_process(settings, user: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "shopify_pipeline.cli", "sync", "--user", user,
                              "--type", "initial", "--data-types", "orders"], env=environ,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_at_page(engine, process: subprocess.Popen, user: str, page: int, seconds: float = 60) -> bool:
+    """SIGKILL `process` once the user's orders status reaches `page` (unless it ended first), then hand its
+    lease over as the runbook's `clear --release-lease` does. Returns whether it was killed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        if engine.state.get_status(user).get("orders", {}).get("page", 0) >= page:
+            break
+        time.sleep(0.02)
+    killed = process.poll() is None
+    if killed:
+        process.send_signal(signal.SIGKILL)
+    process.wait()
+    SyncService(engine).clear_sync_status(user, "orders", release_lease=True)
+    return killed

@@ -4,8 +4,6 @@ and every stored document compared with the simulator's own, field for field.
 `gql-<shop>` users read through GraphQL, `user-<shop>` users through REST (sync/conftest.py).
 """
 
-import signal
-import time
 from dataclasses import replace
 
 import pytest
@@ -17,7 +15,7 @@ from shopify_pipeline.simulator.config import ALL_SCOPES
 from shopify_pipeline.sync.engine import SyncEngine, SyncOptions, deleted_id
 from shopify_pipeline.sync.service import SyncService
 from shopify_pipeline_tests.support.graphql_truth import graphql_truth
-from shopify_pipeline_tests.sync.conftest import FAST_SHOPIFY, source_of_truth, stored, sync_process
+from shopify_pipeline_tests.sync.conftest import FAST_SHOPIFY, kill_at_page, source_of_truth, stored, sync_process
 
 _DOCUMENT_ATTRIBUTES = ("userId", "doc", "docZ", "docChunks", "docSha256")
 
@@ -208,17 +206,7 @@ def test_a_graphql_sync_killed_with_sigkill_resumes_from_its_cursors(settings, s
     SyncService(engine).add_connection("gql-big", slow_sim.shop_url("big"), "literal:shpat_big")
     kills = 0
     for target in (5, 15, 25):
-        process = sync_process(settings, "gql-big")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            if engine.state.get_status("gql-big").get("orders", {}).get("page", 0) >= target:
-                break
-            time.sleep(0.02)
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait()
-        SyncService(engine).clear_sync_status("gql-big", "orders", release_lease=True)
+        kills += kill_at_page(engine, sync_process(settings, "gql-big"), "gql-big", target)
     assert sync_process(settings, "gql-big").wait(timeout=240) == 0
     assert kills >= 2
     stats = slow_sim.stats("big")

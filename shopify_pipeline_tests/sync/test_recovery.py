@@ -2,15 +2,13 @@
 sync process killed with SIGKILL that resumes from its checkpoint."""
 
 import random
-import signal
-import time
 from dataclasses import replace
 
 from shopify_pipeline.dynamo.state import StateStore
 from shopify_pipeline.sync.engine import SyncEngine, SyncOptions
 from shopify_pipeline.sync.service import SyncService
 from shopify_pipeline_tests.support.dynamo_fault_proxy import DynamoFaultProxy
-from shopify_pipeline_tests.sync.conftest import FAST_SHOPIFY, source_of_truth, stored, sync_process
+from shopify_pipeline_tests.sync.conftest import FAST_SHOPIFY, kill_at_page, source_of_truth, stored, sync_process
 
 
 def test_failed_batch_26_50_is_saved_then_retried_to_success(settings, sim):
@@ -58,20 +56,8 @@ def test_a_sync_killed_with_sigkill_resumes_and_refetches_at_most_one_page_per_s
     kills = 0
     for _ in range(3):
         process = sync_process(settings, "user-big", SHOPIFY_PAGE_SIZE="100")
-        target = rng.randint(2, 8)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            status = engine.state.get_status("user-big").get("orders", {})
-            if status.get("page", 0) >= target + 8 * kills:
-                break
-            time.sleep(0.02)
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait()
-        # A killed process keeps its lease until it expires; the runbook's `clear --release-lease`
-        # hands it over at once.
-        SyncService(engine).clear_sync_status("user-big", "orders", release_lease=True)
+        # A killed process keeps its lease until it expires; kill_at_page hands it over at once.
+        kills += kill_at_page(engine, process, "user-big", rng.randint(2, 8) + 8 * kills)
     final = sync_process(settings, "user-big", SHOPIFY_PAGE_SIZE="100")
     assert final.wait(timeout=240) == 0
     assert kills >= 2
