@@ -74,6 +74,12 @@ class BulkOperationFailedError(ShopifyTransientError):
         self.operation = operation
 
 
+class BulkOperationUnknownError(ShopifyTransientError):
+    """Shopify does not know the operation (any more): a new one is needed."""
+
+    reason = "bulk_operation_unknown"
+
+
 class BulkResultExpiredError(ShopifyTransientError):
     """The result URL expired (Shopify keeps results 7 days): start a new operation."""
 
@@ -163,14 +169,14 @@ class BulkOperations:
     def wait(self, operation_id: str, progress: Callable[[BulkOperation], None] | None = None,
              first_poll: float = 1.0, max_poll: float = 30.0, max_seconds: float = 10 * 24 * 3600) -> BulkOperation:
         """Poll until the operation ends: every `first_poll` seconds at first, doubling up to `max_poll`.
-        Raises BulkOperationFailedError if it is still running after `max_seconds` (Shopify's limit is 10 days)
-        or Shopify no longer knows it."""
+        Raises BulkOperationFailedError if it is still running after `max_seconds` (Shopify's limit is 10 days),
+        BulkOperationUnknownError if Shopify no longer knows it."""
         started = self._clock()
         pause = first_poll
         while True:
             operation = self.get(operation_id)
             if operation is None:
-                raise ShopifyTransientError(f"Shopify no longer knows bulk operation {operation_id}")
+                raise BulkOperationUnknownError(f"Shopify no longer knows bulk operation {operation_id}")
             if progress is not None:
                 progress(operation)
             if operation.ended:

@@ -24,13 +24,14 @@ from shopify_pipeline.shopify.bulk import (
     BulkOperation,
     BulkOperationFailedError,
     BulkOperations,
+    BulkOperationUnknownError,
     BulkQueryRefusedError,
     BulkResultExpiredError,
     ResultDownload,
 )
 from shopify_pipeline.shopify.bulk_records import UngroupedResultError, stitch
 from shopify_pipeline.shopify.client import UnexpectedAnswerError
-from shopify_pipeline.shopify.errors import MissingScopeError, ShopifyPermanentError, ShopifyTransientError
+from shopify_pipeline.shopify.errors import MissingScopeError, ShopifyPermanentError
 from shopify_pipeline.shopify.sources import NESTED, GraphQLSource, bulk_listing_query
 from shopify_pipeline.sync.records import note_bad_records, record_problems
 
@@ -82,10 +83,9 @@ def fetch_bulk(source: GraphQLSource, pages: PageStore, key: str, data_type: str
         url = operations.result_url(operation)
     except (BulkOperationFailedError, BulkResultExpiredError) as error:
         raise BulkGiveUp(str(error)) from None
-    except (MissingScopeError, ShopifyTransientError) as error:
-        if isinstance(error, ShopifyTransientError) and "no longer knows" not in str(error):
-            raise  # a poll that failed: the next run polls the same operation
+    except (MissingScopeError, BulkOperationUnknownError):
         # ACCESS_DENIED, or an operation Shopify forgot: the next run (once the scope is granted) starts anew.
+        # (Any other error of a poll leaves the id: the next run polls the same operation.)
         bulk["operation"] = None
         save()
         raise
