@@ -242,8 +242,8 @@ class DynamoFaultProxy:
             return
         if kind in _ERROR_REPLIES:
             status, payload = _ERROR_REPLIES[kind]
-            _reply(handler, status, [("Content-Type", JSON_CONTENT_TYPE)], json.dumps(payload).encode())
             self._record(operation, kind, status)
+            _reply(handler, status, [("Content-Type", JSON_CONTENT_TYPE)], json.dumps(payload).encode())
             return
         try:
             if kind == UNPROCESSED:
@@ -252,15 +252,16 @@ class DynamoFaultProxy:
                 status, headers, reply = self._forward(handler, body)
                 forwarded = _count_writes(body) if operation == "BatchWriteItem" else 0
         except OSError as error:
+            self._record(operation, kind, 502)
             _reply(handler, 502, [("Content-Type", "text/plain")],
                    f"DynamoDB Local at {self.target_url} did not answer: {error}".encode())
-            self._record(operation, kind, 502)
             return
         batch_written = operation == "BatchWriteItem" and status == 200
         forwarded = forwarded if batch_written else 0
         unprocessed = _count_writes(reply, key="UnprocessedItems") if batch_written else 0
-        _reply(handler, status, headers, reply)
+        # Recorded before the reply goes out, so a client that has its answer also finds it in the log.
         self._record(operation, kind, status, forwarded, unprocessed)
+        _reply(handler, status, headers, reply)
 
     def _forward(self, handler: _Handler, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in _NOT_COPIED}
