@@ -10,6 +10,7 @@ growing at BulkConfig.objects_per_second, then COMPLETED with a signed `url` tha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timezone
 from typing import Any
 
 from graphql import (
@@ -40,6 +42,7 @@ from graphql import (
 from graphql.execution.values import get_argument_values
 
 from shopify_pipeline.simulator.config import BULK_CONCURRENT_VERSION, BulkConfig, BulkFaults
+from shopify_pipeline.simulator.data import US
 from shopify_pipeline.simulator.graphql_api import (
     BULK_SCHEMA,
     SCHEMA,
@@ -50,12 +53,16 @@ from shopify_pipeline.simulator.graphql_api import (
     CostPlanner,
     QueryRoot,
     RecordNode,
+    compare,
     connection,
     event_node,
     gid,
+    page_size,
+    parse_search_time,
     resolve_field,
     resolve_type,
     search_filter,
+    search_terms,
     snapshot,
     utc_from_us,
 )
@@ -452,9 +459,9 @@ class Operation:
         elapsed = (moment - self.created_real) * self.time_scale - self.config.created_seconds
         return max(0, min(written, math.floor(elapsed * self.config.objects_per_second)))
 
-    def document(self) -> dict[str, Any]:
-        """The BulkOperation as GraphQL shows it (UnsignedInt64 counts as strings)."""
-        state = self.view()
+    def document(self, state: View | None = None) -> dict[str, Any]:
+        """The BulkOperation as GraphQL shows it (UnsignedInt64 counts as strings), in `state` (default: now)."""
+        state = self.view() if state is None else state
         with self.lock:
             written, roots, size = self.written, self.written_roots, self.size
         root_objects = state.objects if not self.plan.shape.node.has_connections() else (
@@ -483,6 +490,53 @@ class Operation:
                 self.canceled_real = time.time()
         self.stop.set()
         return True
+
+
+# -- bulkOperations: search, sort and pages ------------------------------------------------------------
+
+
+@dataclass
+class Listed:
+    """An operation as one bulkOperations request sees it: every operation is viewed at the same moment."""
+
+    operation: Operation
+    state: View
+
+    def key(self, sort_key: str) -> tuple[int, int]:
+        """(sort value in epoch µs, operation number); an operation not completed sorts as the lowest
+        COMPLETED_AT, so it comes last newest-first."""
+        if sort_key == "COMPLETED_AT":
+            completed = self.state.completed_real
+            return (int(completed * US) if completed is not None else -1), self.operation.number
+        return int(self.operation.created_real * US), self.operation.number
+
+
+def listing_term(name: str, op: str, value: str, local: timezone) -> Callable[[Listed], bool] | None:
+    """The predicate of one bulkOperations search term, or None for a field it does not filter on."""
+    if name == "status":
+        return lambda listed: listed.state.status == value.upper()
+    if name == "operation_type":
+        queries = value.upper() == "QUERY"  # the simulator runs no bulk mutations
+        return lambda listed: queries
+    if name == "created_at":
+        second = parse_search_time(value, local)
+        test = compare(op, second * US, (second + 1) * US)
+        return lambda listed: test(int(listed.operation.created_real * US))
+    if name == "id":
+        digits = value.rsplit("/", 1)[-1]
+        number = int(digits) if digits.isdigit() else -1
+        test = compare(op, number, number + 1)
+        return lambda listed: test(listed.operation.number)
+    return None
+
+
+def listing_filter(query: str | None, local: timezone) -> Callable[[Listed], bool]:
+    """A predicate for bulkOperations' search syntax: `status` (any case, the status at this moment),
+    `operation_type` (query or mutation), `created_at` at whole-second precision as shown (`>`, `<`, `>=`,
+    `<=`; the shop's zone without an offset) and `id`; other fields are ignored, as Shopify ignores them."""
+    checks = [check for name, op, value in search_terms(query)
+              if (check := listing_term(name, op, value, local)) is not None]
+    return lambda listed: all(check(listed) for check in checks)
 
 
 # -- one shop's operations, and the service across shops ------------------------------------------------
@@ -555,6 +609,57 @@ class ShopBulk:
         with self.lock:
             latest = self.operations[-1] if self.operations else None
         return latest.document() if latest else None
+
+    def listing(self, args: dict[str, Any]) -> dict[str, Any]:
+        """bulkOperations: a connection of this shop's operations that match the search `query`, as they are
+        now, by `sortKey` newest first (`reverse` for oldest first); `first` after `after`, or `last` before
+        `before`, with keyset cursors on (sort value, id) like the record listings."""
+        first, last = args.get("first"), args.get("last")
+        if first is None and last is None:
+            raise GraphQLError("you must provide one of first or last")
+        for name in ("first", "last"):
+            if args.get(name) is not None:
+                page_size(args, name)
+        sort_key, reverse = args.get("sortKey") or "CREATED_AT", bool(args.get("reverse"))
+        matches = listing_filter(args.get("query"), self.shop.data.renderer.tz)
+        now = time.time()
+        with self.lock:
+            operations = list(self.operations)
+        found = [listed for listed in (Listed(operation, operation.view(now)) for operation in operations)
+                 if matches(listed)]
+        found.sort(key=lambda listed: listed.key(sort_key), reverse=not reverse)
+        keys = [listed.key(sort_key) for listed in found]
+
+        def follows(key: tuple[int, int], other: tuple[int, int]) -> bool:
+            return key > other if reverse else key < other
+
+        start, end, page = 0, len(found), 1
+        if args.get("before"):
+            cursor, before_page = self._cursor(args["before"], sort_key, reverse)
+            end, page = sum(1 for key in keys if follows(cursor, key)), max(before_page - 1, 1)
+        if args.get("after"):
+            cursor, after_page = self._cursor(args["after"], sort_key, reverse)
+            start, page = sum(1 for key in keys if not follows(key, cursor)), after_page + 1
+        low, high = start, max(start, end)
+        if first is not None:
+            high = min(high, low + first)
+        if last is not None:
+            low = max(low, high - last)
+        encode = self.service.cursors.encode
+        cursors = [functools.partial(encode, {"sort": [sort_key, reverse], "v": value, "i": number, "page": page})
+                   for value, number in keys[low:high]]
+        nodes = [listed.operation.document(listed.state) for listed in found[low:high]]
+        return connection(nodes, cursors, high < len(found), low > 0)
+
+    def _cursor(self, cursor: str, sort_key: str, reverse: bool) -> tuple[tuple[int, int], int]:
+        """The (sort value, operation number) and page of a bulkOperations cursor."""
+        payload = self.service.cursors.decode(cursor)
+        if payload.get("sort") != [sort_key, reverse]:
+            raise GraphQLError("Invalid cursor for current pagination sort.")
+        try:
+            return (int(payload["v"]), int(payload["i"])), int(payload["page"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise GraphQLError(f"Invalid cursor: {cursor}") from error
 
     def cancel(self, operation_id: str) -> dict[str, Any]:
         """bulkOperationCancel: CANCELING for an active operation, userErrors otherwise."""

@@ -107,6 +107,7 @@ enum BulkOperationStatus { CANCELED CANCELING COMPLETED CREATED EXPIRED FAILED R
 enum BulkOperationErrorCode { ACCESS_DENIED INTERNAL_SERVER_ERROR TIMEOUT }
 enum BulkOperationType { MUTATION QUERY }
 enum BulkOperationUserErrorCode { INVALID LIMIT_REACHED OPERATION_IN_PROGRESS }
+enum BulkOperationsSortKeys { COMPLETED_AT CREATED_AT }
 
 interface Node {
   id: ID!
@@ -136,6 +137,9 @@ type QueryRoot {
   customersCount(query: String, limit: Int = 10000): Count
   bulkOperation(id: ID!): BulkOperation
   currentBulkOperation(type: BulkOperationType = QUERY): BulkOperation
+  "The app's bulk operations matching `query`, newest first by default (reverse: true for oldest first)."
+  bulkOperations(first: Int, after: String, last: Int, before: String, query: String,
+    sortKey: BulkOperationsSortKeys = CREATED_AT, reverse: Boolean = false): BulkOperationConnection!
 }
 
 type Mutation {
@@ -157,6 +161,17 @@ type BulkOperation implements Node {
   partialDataUrl: URL
   query: String!
   type: BulkOperationType!
+}
+
+type BulkOperationConnection {
+  edges: [BulkOperationEdge!]!
+  nodes: [BulkOperation!]!
+  pageInfo: PageInfo!
+}
+
+type BulkOperationEdge {
+  cursor: String!
+  node: BulkOperation!
 }
 
 type BulkOperationUserError {
@@ -410,7 +425,8 @@ SCHEMA = build_schema(SCHEMA_SDL)
 # query reads every item; Shopify's own schema has `first` optional everywhere).
 BULK_SCHEMA = build_schema(SCHEMA_SDL.replace("first: Int!", "first: Int"))
 MUTATION_COST = 10  # every mutation field, whatever it selects
-BULK_FIELDS = ("bulkOperationRunQuery", "bulkOperationCancel", "bulkOperation", "currentBulkOperation")
+BULK_FIELDS = ("bulkOperationRunQuery", "bulkOperationCancel", "bulkOperation", "currentBulkOperation",
+               "bulkOperations")
 
 
 
@@ -631,12 +647,12 @@ class RecordNode:
         return value(self.document) if value is not None else None
 
 
-def page_size(args: dict[str, Any]) -> int:
-    """`first`, checked against Shopify's bounds."""
-    first = args["first"]
-    if not 0 <= first <= MAX_PAGE_SIZE:
-        raise GraphQLError(f"The page size `first` must be between 0 and {MAX_PAGE_SIZE}, got {first}.")
-    return first
+def page_size(args: dict[str, Any], name: str = "first") -> int:
+    """`first` (or `last`, by `name`), checked against Shopify's bounds."""
+    size = args[name]
+    if not 0 <= size <= MAX_PAGE_SIZE:
+        raise GraphQLError(f"The page size `{name}` must be between 0 and {MAX_PAGE_SIZE}, got {size}.")
+    return size
 
 
 def connection(nodes: list[Any], cursors: list[Callable[[], str]], has_next: bool,
@@ -724,7 +740,15 @@ def search_filter(data_type: str, query: str | None, local: timezone) -> Callabl
     `id` compares numbers, `status`/`state` match the record's state; for events `action` and
     `subject_type`. Unknown fields are ignored, as Shopify ignores them; OR, NOT and free text are refused.
     """
-    checks: list[Callable[[Any], bool]] = []
+    checks = [check for name, op, value in search_terms(query)
+              if (check := term_check(data_type, name, op, value, local)) is not None]
+    return lambda item: all(check(item) for check in checks)
+
+
+def search_terms(query: str | None) -> list[tuple[str, str, str]]:
+    """The (field, operator, unquoted value) of each term of a search `query`, terms joined by spaces or AND;
+    a GraphQLError for OR, NOT, negation and free text, which the simulator does not support."""
+    terms = []
     for token in SEARCH_TOKEN.findall(query or ""):
         if token.upper() == "AND":
             continue
@@ -732,10 +756,8 @@ def search_filter(data_type: str, query: str | None, local: timezone) -> Callabl
         if term is None or token.upper() in ("OR", "NOT") or token.startswith("-"):
             raise GraphQLError(f"The simulator's search supports only field:value terms joined by AND, "
                                f"not {token!r}")
-        check = term_check(data_type, term["field"], term["op"] or "=", term["value"].strip("'\""), local)
-        if check is not None:
-            checks.append(check)
-    return lambda item: all(check(item) for check in checks)
+        terms.append((term["field"], term["op"] or "=", term["value"].strip("'\"")))
+    return terms
 
 
 def event_node(event: Event) -> dict[str, Any]:
@@ -783,6 +805,8 @@ class QueryRoot:
             return bulk.cancel(args["id"])
         if name == "bulkOperation":
             return bulk.find(args["id"])
+        if name == "bulkOperations":
+            return bulk.listing(args)
         return bulk.current() if args.get("type", "QUERY") == "QUERY" else None
 
     def _require(self, field_name: str, data_type: str) -> None:
@@ -1005,11 +1029,10 @@ class CostPlanner:
         return cost
 
     def _first(self, node: FieldNode) -> int:
-        for argument in node.arguments:
-            if argument.name.value == "first":
-                value = value_from_ast(argument.value, GraphQLInt, self.variables)
-                return max(value, 0) if isinstance(value, int) else 0
-        return 0
+        """The objects a connection asks for: `first`, or `last` when it pages backwards."""
+        sizes = [value_from_ast(argument.value, GraphQLInt, self.variables) for argument in node.arguments
+                 if argument.name.value in ("first", "last")]
+        return max((max(size, 0) for size in sizes if isinstance(size, int)), default=0)
 
 
 # -- one request ------------------------------------------------------------------------------------------

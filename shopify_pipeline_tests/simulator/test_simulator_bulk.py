@@ -1,5 +1,6 @@
 """The simulator's bulk query operations, through plain HTTP: lifecycle, JSONL equal to the paged GraphQL
-documents, concurrency per API version, cancel, faults, and the result download (Range, expiry, drops)."""
+documents, concurrency per API version, cancel, faults, the result download (Range, expiry, drops), and the
+`bulkOperations` listing."""
 
 from __future__ import annotations
 
@@ -41,6 +42,22 @@ mutation Cancel($id: ID!) {
   bulkOperationCancel(id: $id) { bulkOperation { id status } userErrors { field message } }
 }
 """
+LIST = """
+query List($first: Int, $after: String, $last: Int, $before: String, $query: String,
+           $sortKey: BulkOperationsSortKeys, $reverse: Boolean) {
+  bulkOperations(first: $first, after: $after, last: $last, before: $before, query: $query, sortKey: $sortKey,
+                 reverse: $reverse) {
+    edges {
+      cursor
+      node {
+        id status errorCode createdAt completedAt objectCount rootObjectCount fileSize url partialDataUrl query
+        type
+      }
+    }
+    pageInfo { hasNextPage hasPreviousPage endCursor }
+  }
+}
+"""
 
 ORDER_FIELDS = "id name email updatedAt totalPriceSet { shopMoney { amount currencyCode } } customer { id email }"
 LINE_ITEM_FIELDS = "id name quantity sku originalUnitPriceSet { shopMoney { amount } }"
@@ -78,6 +95,7 @@ def sim() -> Iterator[Simulator]:
                    bulk=BulkConfig(url_expiry_seconds=40)),
         ShopConfig("limited", "shpat_limited", orders=40, products=2, customers=2, seed=9, plan="plus",
                    bulk=BulkConfig(max_duration_seconds=20)),
+        ShopConfig("listing", "shpat_listing", orders=40, products=2, customers=2, seed=10, plan="plus"),
     ]
     with Simulator(shops, time_scale=TIME_SCALE) as running:
         yield running
@@ -127,6 +145,17 @@ def wait(sim: Simulator, shop: str, operation_id: str, until: tuple[str, ...] = 
 
 def cancel(sim: Simulator, shop: str, operation_id: str) -> dict[str, Any]:
     return post(sim, shop, CANCEL, {"id": operation_id})["data"]["bulkOperationCancel"]
+
+
+def listing(sim: Simulator, shop: str, **arguments: Any) -> dict[str, Any]:
+    """The bulkOperations connection for `arguments` (those left out take the schema's defaults)."""
+    answer = post(sim, shop, LIST, arguments)
+    assert "errors" not in answer, answer
+    return answer["data"]["bulkOperations"]
+
+
+def listed_ids(sim: Simulator, shop: str, **arguments: Any) -> list[str]:
+    return [edge["node"]["id"] for edge in listing(sim, shop, first=50, **arguments)["edges"]]
 
 
 def utc(rest_timestamp: str) -> str:
@@ -599,3 +628,116 @@ def test_a_cut_answer_still_creates_the_operation(sim: Simulator):
     current = post(sim, "old", "{ currentBulkOperation { id } }")["data"]["currentBulkOperation"]
     assert current["id"] == sim.bulk_operations("old")[-1]["id"]
     wait(sim, "old", current["id"])
+
+
+# -- bulkOperations ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def listed(sim: Simulator) -> list[str]:
+    """The operations of shop "listing", oldest first: completed, canceled, then two running for good, created
+    in a later second than the others so that `created_at` can tell them apart."""
+    completed = start(sim, "listing", SMALL_BULK)
+    wait(sim, "listing", completed)
+    sim.set_bulk_faults("listing", BulkFaults(stuck=True))
+    canceled = start(sim, "listing", SMALL_BULK)
+    cancel(sim, "listing", canceled)
+    wait(sim, "listing", canceled)
+    time.sleep(1.05 - time.time() % 1)
+    running = [start(sim, "listing", SMALL_BULK) for _ in range(2)]
+    sim.set_bulk_faults("listing", BulkFaults())
+    for operation_id in running:
+        wait(sim, "listing", operation_id, until=("RUNNING",))
+    return [completed, canceled, *running]
+
+
+def test_bulk_operations_lists_the_shops_own_newest_first_as_bulk_operation_shows_them(sim: Simulator,
+                                                                                       listed: list[str]):
+    other = wait(sim, "old", start(sim, "old", SMALL_BULK))["id"]
+    page = listing(sim, "listing", first=10)
+    nodes = [edge["node"] for edge in page["edges"]]
+    assert [node["id"] for node in nodes] == listed[::-1], "newest first, and only this shop's"
+    assert [node["status"] for node in nodes] == ["RUNNING", "RUNNING", "CANCELED", "COMPLETED"]
+    assert nodes[3] == poll(sim, "listing", listed[0]) and nodes[3]["url"] is not None
+    assert nodes[2] == poll(sim, "listing", listed[1])
+    assert all(node["query"] == SMALL_BULK and node["type"] == "QUERY" for node in nodes)
+    assert page["pageInfo"]["hasNextPage"] is False and page["pageInfo"]["hasPreviousPage"] is False
+    assert listed_ids(sim, "listing", reverse=True) == listed
+    assert other in listed_ids(sim, "old") and not set(listed) & set(listed_ids(sim, "old"))
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("status:running", [3, 2]),
+    ("status:RUNNING", [3, 2]),
+    ("status:canceled", [1]),
+    ("status:completed AND operation_type:query", [0]),
+    ("status:failed", []),
+    ("operation_type:mutation", []),
+    ("operation_type:query status:running", [3, 2]),
+])
+def test_bulk_operations_filters_by_status_and_type(sim: Simulator, listed: list[str], query: str,
+                                                    expected: list[int]):
+    assert listed_ids(sim, "listing", query=query) == [listed[index] for index in expected]
+
+
+def test_bulk_operations_filters_by_created_at(sim: Simulator, listed: list[str]):
+    created = {node["id"]: node["createdAt"] for node in
+               (edge["node"] for edge in listing(sim, "listing", first=10)["edges"])}
+    newest_first, boundary = listed[::-1], created[listed[2]]
+    assert listed_ids(sim, "listing", query=f"created_at:>='{boundary}'") == listed[:1:-1]
+    assert listed_ids(sim, "listing", query=f"created_at:<'{boundary}'") == [listed[1], listed[0]]
+    assert listed_ids(sim, "listing", query=f"created_at:>'{created[listed[3]]}'") == []
+    oldest = created[listed[0]]
+    assert listed_ids(sim, "listing", query=f"created_at:<='{oldest}' AND status:completed") == [listed[0]]
+    assert listed_ids(sim, "listing", query=f"created_at:<='{oldest}'") == [
+        operation_id for operation_id in newest_first if created[operation_id] <= oldest]
+    assert listed_ids(sim, "listing", query="created_at:<'2000-01-01T00:00:00Z'") == []
+
+
+def test_bulk_operations_pages_with_cursors(sim: Simulator, listed: list[str]):
+    seen, after, pages = [], None, 0
+    while True:
+        page = listing(sim, "listing", first=1, after=after)
+        pages += 1
+        seen += [edge["node"]["id"] for edge in page["edges"]]
+        assert page["pageInfo"]["hasPreviousPage"] is (after is not None)
+        assert page["pageInfo"]["endCursor"] == page["edges"][-1]["cursor"]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert seen == listed[::-1] and pages == 4
+    filtered = listing(sim, "listing", first=1, query="status:running")
+    rest = listing(sim, "listing", first=5, query="status:running", after=filtered["pageInfo"]["endCursor"])
+    assert [edge["node"]["id"] for edge in rest["edges"]] == [listed[2]] and not rest["pageInfo"]["hasNextPage"]
+    tail = listing(sim, "listing", last=2)
+    assert [edge["node"]["id"] for edge in tail["edges"]] == [listed[1], listed[0]]
+    assert tail["pageInfo"]["hasPreviousPage"] and not tail["pageInfo"]["hasNextPage"]
+    before = listing(sim, "listing", last=1, before=tail["edges"][0]["cursor"])
+    assert [edge["node"]["id"] for edge in before["edges"]] == [listed[2]] and before["pageInfo"]["hasNextPage"]
+    mismatched = post(sim, "listing", LIST, {"first": 1, "after": after, "reverse": True})
+    assert mismatched["errors"][0]["message"] == "Invalid cursor for current pagination sort."
+
+
+def test_bulk_operations_sort_by_completed_at(sim: Simulator, listed: list[str]):
+    assert listed_ids(sim, "listing", sortKey="COMPLETED_AT") == [listed[0], listed[3], listed[2], listed[1]]
+    assert listed_ids(sim, "listing", sortKey="COMPLETED_AT", reverse=True) == [*listed[1:], listed[0]]
+
+
+def test_bulk_operations_cost_like_a_connection(sim: Simulator, listed: list[str]):
+    answer = post(sim, "listing", "{ bulkOperations(first: 3) { nodes { id status } } }")
+    assert answer["extensions"]["cost"]["requestedQueryCost"] == 5
+    assert answer["extensions"]["cost"]["actualQueryCost"] == 5
+    none = post(sim, "listing", '{ bulkOperations(first: 10, query: "status:failed") { edges { node { id } } } }')
+    assert none["extensions"]["cost"]["requestedQueryCost"] == 12
+    assert none["extensions"]["cost"]["actualQueryCost"] == 2
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ("", "you must provide one of first or last"),
+    ("first: 251", "The page size `first` must be between 0 and 250, got 251."),
+    ('first: 5, query: "status:running OR status:created"', "The simulator's search supports only"),
+    ('first: 5, after: "bm9wZQ"', "Invalid cursor: bm9wZQ"),
+])
+def test_bulk_operations_refuses_what_it_cannot_answer(sim: Simulator, arguments: str, message: str):
+    answer = post(sim, "listing", f"{{ bulkOperations{f'({arguments})' if arguments else ''} {{ nodes {{ id }} }} }}")
+    assert answer["errors"][0]["message"].startswith(message), answer
