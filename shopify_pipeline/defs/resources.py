@@ -111,6 +111,12 @@ class SyncEngineResource(dg.ConfigurableResource):
                                      description="First poll interval of a bulk operation (it doubles).")
     bulk_max_poll_seconds: float = Field(default=SyncOptions.bulk_poll[1],
                                          description="Longest poll interval of a bulk operation.")
+    bulk_max_run_seconds: float = Field(default=SyncOptions.bulk_poll[2],
+                                        description="A bulk operation still running this long after it was "
+                                        "created is cancelled and the data type is paged (Shopify: 10 days).")
+    bulk_slot_wait_seconds: float = Field(default=SyncOptions.bulk_slot_wait,
+                                          description="How long to wait for a free bulk slot when the shop runs "
+                                          "as many bulk queries as it allows; then the step fails as transient.")
 
     _engine: SyncEngine | None = PrivateAttr(default=None)
 
@@ -126,7 +132,9 @@ class SyncEngineResource(dg.ConfigurableResource):
     def _build(self) -> SyncEngine:
         options = SyncOptions(slices=self.slices, min_records_to_slice=self.min_records_to_slice,
                               bulk_threshold=self.bulk_threshold,
-                              bulk_poll=(self.bulk_poll_seconds, self.bulk_max_poll_seconds, SyncOptions.bulk_poll[2]))
+                              bulk_poll=(self.bulk_poll_seconds, self.bulk_max_poll_seconds,
+                                         self.bulk_max_run_seconds),
+                              bulk_slot_wait=self.bulk_slot_wait_seconds)
         return SyncEngine(self.dynamodb.settings(), self.shopify.settings(), options, self.dynamodb.client())
 
 

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import requests
 
@@ -46,7 +47,10 @@ MAX_LINE_BYTES = 64 * 1024 * 1024  # one JSONL object; a longer line is a broken
 START = ("mutation Start($query: String!, $group: Boolean) { bulkOperationRunQuery(query: $query, "
          f"groupObjects: $group) {{ bulkOperation {{ {OPERATION_FIELDS} }} userErrors {{ field message code }} }} }}")
 POLL = f"query Poll($id: ID!) {{ bulkOperation(id: $id) {{ {OPERATION_FIELDS} }} }}"
-CURRENT = f"query Current {{ currentBulkOperation(type: QUERY) {{ {OPERATION_FIELDS} }} }}"
+# `bulkOperations` (API 2026-01+, newest first) replaced `currentBulkOperation`: it sees every operation of ours.
+RECENT = (f"query Recent($first: Int!, $after: String, $query: String) {{ bulkOperations(first: $first, "
+          f"after: $after, query: $query) {{ nodes {{ {OPERATION_FIELDS} }} pageInfo {{ hasNextPage endCursor }} }} }}")
+MAX_RUN_DAYS = 10  # Shopify fails an operation that has not finished in 10 days
 CANCEL = (f"mutation Cancel($id: ID!) {{ bulkOperationCancel(id: $id) {{ bulkOperation {{ {OPERATION_FIELDS} }} "
           "userErrors { field message } } }")
 
@@ -72,6 +76,12 @@ class BulkOperationFailedError(ShopifyTransientError):
     def __init__(self, message: str, operation: BulkOperation) -> None:
         super().__init__(message)
         self.operation = operation
+
+
+class BulkOperationStuckError(BulkOperationFailedError):
+    """The operation has run longer than it may (Shopify's limit is 10 days) and is still not done."""
+
+    reason = "bulk_stuck"
 
 
 class BulkOperationUnknownError(ShopifyTransientError):
@@ -114,6 +124,13 @@ class BulkOperation:
     def ended(self) -> bool:
         return self.status in ENDED
 
+    def created_timestamp(self) -> float | None:
+        """`createdAt` as a POSIX timestamp, None when absent or not a time."""
+        try:
+            return datetime.fromisoformat((self.created_at or "").replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+
 
 def _count(value: object) -> int:
     """An UnsignedInt64 count (a string of digits, or a number); absent is 0."""
@@ -130,10 +147,10 @@ class BulkOperations:
     """Bulk query operations of one shop, through its GraphQL client (same session, pacing and errors)."""
 
     def __init__(self, graphql: GraphQLClient, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.graphql = graphql
         self._sleep = sleep
-        self._clock = clock
+        self._clock = clock  # wall-clock seconds: an operation's age counts from its `createdAt`
 
     def start(self, query: str, group_objects: bool = False) -> BulkOperation:
         """Start a bulk query. Raises BulkInProgressError when the shop runs its maximum already, and
@@ -155,10 +172,15 @@ class BulkOperations:
         found = self.graphql.execute(POLL, {"id": operation_id}).data.get("bulkOperation")
         return None if found is None else BulkOperation.of(found)
 
-    def current(self) -> BulkOperation | None:
-        """The shop's most recent bulk query operation, whatever its status (to find one whose id was lost)."""
-        found = self.graphql.execute(CURRENT).data.get("currentBulkOperation")
-        return None if found is None else BulkOperation.of(found)
+    def recent(self, days: float = MAX_RUN_DAYS) -> list[BulkOperation]:
+        """Our bulk query operations created in the last `days`, newest first, whatever their status. With the
+        default every operation still running is among them (none runs longer), so this finds the ones whose id
+        a stopped run never saved."""
+        since = datetime.fromtimestamp(self._clock() - days * 86_400, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        search = f"operation_type:query created_at:>='{since}'"
+        return [BulkOperation.of(node)
+                for nodes, _ in self.graphql.connection_pages(RECENT, "bulkOperations", {"query": search}, first=50)
+                for node in nodes]
 
     def cancel(self, operation_id: str) -> BulkOperation | None:
         """Ask Shopify to cancel; returns the operation as it is then (an ended one stays as it ended)."""
@@ -169,9 +191,10 @@ class BulkOperations:
     def wait(self, operation_id: str, progress: Callable[[BulkOperation], None] | None = None,
              first_poll: float = 1.0, max_poll: float = 30.0, max_seconds: float = 10 * 24 * 3600) -> BulkOperation:
         """Poll until the operation ends: every `first_poll` seconds at first, doubling up to `max_poll`.
-        Raises BulkOperationFailedError if it is still running after `max_seconds` (Shopify's limit is 10 days),
-        BulkOperationUnknownError if Shopify no longer knows it."""
-        started = self._clock()
+        Raises BulkOperationStuckError if it is still running `max_seconds` after its `createdAt` (Shopify's
+        limit is 10 days; counted from when it was created, so a run that resumes the wait does not start the
+        count again), BulkOperationUnknownError if Shopify no longer knows it."""
+        polled_first = self._clock()
         pause = first_poll
         while True:
             operation = self.get(operation_id)
@@ -181,10 +204,11 @@ class BulkOperations:
                 progress(operation)
             if operation.ended:
                 return operation
-            if self._clock() - started > max_seconds:
-                raise BulkOperationFailedError(
-                    f"bulk operation {operation_id} is still {operation.status} after {max_seconds:.0f} s "
-                    f"({operation.object_count} objects)", operation)
+            age = self._clock() - (operation.created_timestamp() or polled_first)
+            if age > max_seconds:
+                raise BulkOperationStuckError(
+                    f"bulk operation {operation_id} is still {operation.status} {age:.0f} s after it was created "
+                    f"(the limit is {max_seconds:.0f} s; {operation.object_count} objects so far)", operation)
             self._sleep(pause)
             pause = min(max_poll, pause * 2)
 

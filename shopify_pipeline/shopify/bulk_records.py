@@ -33,10 +33,12 @@ class BulkRecord:
     resume_offset: int
 
 
-def stitch(lines: Iterable[tuple[bytes, int]], field: str, start_offset: int = 0) -> Iterator[BulkRecord]:
+def stitch(lines: Iterable[tuple[bytes, int]], field: str, start_offset: int = 0,
+           hold_last: bool = False) -> Iterator[BulkRecord]:
     """The records of `lines` ((line, offset after it), as `ResultDownload.lines` gives them), each with its
     nested items under `field` (`lineItems`, `variants`, `addressesV2`). `start_offset` is where `lines`
-    begins (a record's line, or 0)."""
+    begins (a record's line, or 0). With `hold_last` the record the lines end with is not given: a partial
+    result (`partialDataUrl`) may have stopped before its last items."""
     record: dict | None = None
     items: list[dict] = []
     record_end = start_offset
@@ -59,7 +61,7 @@ def stitch(lines: Iterable[tuple[bytes, int]], field: str, start_offset: int = 0
         else:
             items.append(value)
         record_end = after
-    if record is not None:
+    if record is not None and not hold_last:
         yield BulkRecord(_whole(record, field, items), record_end)
 
 

@@ -189,6 +189,13 @@ def bulk_listing_query(data_type: str, filters: dict | None = None) -> str:
     return bulk_query(RECORD_SCALARS[data_type], field, fields, data_type, search_query(filters or {}))
 
 
+def bulk_listing_type(query: str | None) -> str | None:
+    """The data type whose listing `query` exports when it is one of our bulk queries (whatever its search), so
+    an operation a stopped run left behind is recognised; None for any other query."""
+    unfiltered = re.sub(r'^\{ (\w+)\(query: "(?:[^"\\]|\\.)*"\)', r"{ \1", query or "")
+    return next((data_type for data_type in NESTED if unfiltered == bulk_listing_query(data_type)), None)
+
+
 DELETIONS_QUERY = (
     "query Deleted($first: Int!, $after: String, $query: String) { events(first: $first, after: $after, "
     "query: $query, sortKey: ID) { nodes { id action createdAt ... on BasicEvent { subjectType subjectId } } "
@@ -199,12 +206,15 @@ SUBJECT_TYPES = {"orders": "ORDER", "products": "PRODUCT", "customers": "CUSTOME
 
 
 def search_query(filters: dict) -> str | None:
-    """Shopify's search syntax for a slice's filters (dates quoted, bounds inclusive)."""
+    """Shopify's search syntax for a slice's filters (dates quoted, bounds inclusive; `id_after` exclusive:
+    what a bulk export still misses after the records it has)."""
     terms = []
     for key, field, op in (("created_at_min", "created_at", ">="), ("created_at_max", "created_at", "<="),
                            ("updated_at_min", "updated_at", ">=")):
         if filters.get(key):
             terms.append(f"{field}:{op}'{filters[key]}'")
+    if filters.get("id_after") is not None:
+        terms.append(f"id:>{int(filters['id_after'])}")
     return " AND ".join(terms) or None
 
 

@@ -42,7 +42,7 @@ from shopify_pipeline.shopify.client import ShopifyClient
 from shopify_pipeline.shopify.errors import InvalidCursorError, ShopifyTransientError
 from shopify_pipeline.shopify.pacer import FixedGapPacer
 from shopify_pipeline.shopify.sources import PageSource, page_source
-from shopify_pipeline.sync.bulk_fetch import BULK_SLICE, BulkGiveUp, fetch_bulk, plan_bulk
+from shopify_pipeline.sync.bulk_fetch import BulkGiveUp, discard, drop_discarded, fetch_bulk, plan_bulk
 from shopify_pipeline.sync.records import BadRecordError, bad_records_message, note_bad_records, record_problems
 from shopify_pipeline.sync.tokens import resolve_token
 
@@ -84,6 +84,8 @@ class SyncOptions:
     # an operation may run (Shopify's limit is 10 days).
     bulk_threshold: int | None = 10_000
     bulk_poll: tuple[float, float, float] = (1.0, 30.0, 10 * 24 * 3600.0)
+    # How long to wait for a free bulk slot when the shop already runs as many bulk queries as it allows.
+    bulk_slot_wait: float = 3600.0
 
 
 @dataclass
@@ -376,7 +378,8 @@ class SyncEngine:
         bulk = state["bulk"]
         if not bulk["done"]:
             try:
-                fetch_bulk(source, self.pages, key, data_type, state, save, status, lease, self.options.bulk_poll)
+                fetch_bulk(source, self.pages, key, data_type, state, save, status, lease, self.options.bulk_poll,
+                           self.options.bulk_slot_wait)
             except BulkGiveUp as give_up:
                 slices = self._slices(source, data_type)  # Shopify first: if this fails, nothing has changed
                 message = (f"The bulk export of {data_type} gave no whole result ({give_up.reason}); fetching by "
@@ -384,18 +387,12 @@ class SyncEngine:
                 log.warning("%s: %s", user_id, message)
                 # Saved before anything is dropped: a run that stops now drops the bulk pages next time and
                 # never reads the bulk result again.
-                state["pages"] -= bulk["pages"]
-                state["records"] -= bulk["records"]
-                state["bad_records"] = [p for p in state.get("bad_records", [])
-                                        if p["page"] // PAGES_PER_SLICE != BULK_SLICE]
-                bulk.update(done=True, fallback=give_up.reason[:300], pages=0, records=0, drop_pending=True)
+                discard(state)
+                bulk.update(done=True, fallback=give_up.reason[:300])
                 state["slices"] = [_slice(i, lo, hi) for i, (lo, hi) in enumerate(slices)]
                 save()
                 status(message)
-        if bulk.get("drop_pending"):
-            self.pages.drop(key, page_number(BULK_SLICE, 0), page_number(BULK_SLICE + 1, 0) - 1, lease.fence)
-            bulk["drop_pending"] = False
-            save()
+        drop_discarded(self.pages, key, bulk, save, lease.fence)
         return holder["checkpoint"]
 
     def _fetch_deletions(self, source: PageSource, key: str, data_type: str, state: dict,
