@@ -30,12 +30,15 @@ def build_sync_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
             source = engine.page_source(engine.connections.get(user))  # the user's API: GraphQL or REST
             try:
                 in_shopify = source.count(data_type)
+                precision = source.count_precision.get(data_type, "EXACT")
             finally:
                 source.close()
         return dg.AssetCheckResult(
-            passed=stored == in_shopify,
+            # A count Shopify stopped short of (AT_LEAST) is a floor, not the number to equal.
+            passed=stored == in_shopify if precision == "EXACT" else stored >= in_shopify,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"dynamodb": dg.MetadataValue.int(stored), "shopify": dg.MetadataValue.int(in_shopify),
+                      "shopify_precision": dg.MetadataValue.text(precision),
                       "difference": dg.MetadataValue.int(stored - in_shopify)},
         )
 

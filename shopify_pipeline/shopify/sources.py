@@ -13,6 +13,7 @@ them (REST's exact bytes; GraphQL's nodes with their nested connections paged to
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,8 @@ from shopify_pipeline.exact_json import dumps_json
 from shopify_pipeline.shopify.bulk_records import bulk_query
 from shopify_pipeline.shopify.client import ClientStats, ShopifyClient, UnexpectedAnswerError
 from shopify_pipeline.shopify.graphql import GraphQLClient
+
+log = logging.getLogger(__name__)
 
 APIS = (GRAPHQL, REST)
 _GID = re.compile(r"^gid://shopify/[A-Za-z]+/[0-9]+$", re.ASCII)
@@ -42,6 +45,8 @@ class SourcePage:
 class PageSource(Protocol):
     api: str
     stats: ClientStats
+    # How exact the last count of each data type is: "EXACT", or "AT_LEAST" when Shopify stopped counting.
+    count_precision: dict[str, str]
 
     @property
     def answered_version(self) -> str | None: ...
@@ -75,6 +80,7 @@ class RestSource:
     def __init__(self, client: ShopifyClient) -> None:
         self.client = client
         self.stats = client.stats
+        self.count_precision: dict[str, str] = {}  # REST's count.json is always exact
 
     @property
     def answered_version(self) -> str | None:
@@ -228,6 +234,7 @@ class GraphQLSource:
         self.graphql = GraphQLClient(client)
         self.stats = client.stats
         self.nested_queries = 0  # extra queries that completed nested connections
+        self.count_precision: dict[str, str] = {}
 
     @property
     def answered_version(self) -> str | None:
@@ -244,9 +251,13 @@ class GraphQLSource:
         """Shopify's exact count (`limit: null`; the default stops at 10 000)."""
         field = f"{data_type}Count"
         answer = self.graphql.execute(f"query Count {{ {field}(limit: null) {{ count precision }} }}")
-        count = (answer.data.get(field) or {}).get("count")
+        counted = answer.data.get(field) or {}
+        count, precision = counted.get("count"), counted.get("precision") or "EXACT"
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise UnexpectedAnswerError(f"Shopify's {field} is not a number: {str(count)[:40]!r}")
+        if precision != "EXACT":
+            log.warning("Shopify's %s is %s %d, not an exact count", field, precision, count)
+        self.count_precision[data_type] = str(precision)
         return count
 
     def oldest_created_at(self, data_type: str) -> str | None:

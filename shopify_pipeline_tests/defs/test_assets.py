@@ -10,6 +10,7 @@ from shopify_pipeline.defs.checks import sync_checks
 from shopify_pipeline.defs.resources import SyncEngineResource
 from shopify_pipeline.settings import DATA_TYPES
 from shopify_pipeline.simulator import FaultConfig, FaultRule
+from shopify_pipeline.simulator.config import BulkFaults
 from shopify_pipeline.sync.service import SyncService
 from shopify_pipeline_tests.defs.conftest import source_of_truth, stored
 from shopify_pipeline_tests.support.hostile_server import HostileServer, Respond, rule_for
@@ -92,6 +93,26 @@ def test_listings_above_the_bulk_threshold_are_exported_with_one_operation_each_
     for data_type in DATA_TYPES:
         assert stored(engine, "user-acme", data_type) == source_of_truth(sim, "acme", data_type)
         assert metadata(result, pages_key(data_type))["records"] == len(sim.records("acme", data_type))
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+
+
+def test_a_bulk_export_that_fails_midway_is_finished_by_a_second_operation_in_a_dagster_run(
+        instance, sync_engine, engine, connected, sim):
+    bulk_engine = SyncEngineResource(dynamodb=sync_engine.dynamodb, shopify=sync_engine.shopify,
+                                     min_records_to_slice=500, bulk_threshold=50, bulk_poll_seconds=0.05,
+                                     bulk_max_poll_seconds=0.2)
+    sim.set_bulk_faults("acme", BulkFaults(fail="INTERNAL_SERVER_ERROR", fail_at=0.4, partial_data=True,
+                                           root_field="orders", times=1))
+    before = len(sim.bulk_operations("acme"))
+    try:
+        result = materialize(instance, bulk_engine, "user-acme", sync_type="manual", data_types=("orders",))
+    finally:
+        sim.set_bulk_faults("acme", BulkFaults())
+    assert result.success
+    failed, rest = sim.bulk_operations("acme")[before:]
+    assert failed["status"] == "FAILED" and failed["partialDataUrl"] and "id:>" in rest["query"]
+    assert stored(engine, "user-acme", "orders") == source_of_truth(sim, "acme", "orders")
+    assert metadata(result, pages_key("orders"))["records"] == len(sim.records("acme", "orders"))
     assert all(c.passed for c in result.get_asset_check_evaluations())
 
 
