@@ -75,17 +75,30 @@ def _print(args: argparse.Namespace, data, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if args.json else text)
 
 
+def _print_added(args: argparse.Namespace, service, connection) -> None:
+    notice = service.api_change_notice(connection)
+    _print(args, {**connection.public(), "notice": notice},
+           f"added {connection.user_id} → {connection.shop} ({connection.api.upper()}, {connection.auth} token)"
+           + (f"\n{notice}" if notice else ""))
+
+
 def _users(args: argparse.Namespace) -> int:
     service = _service()
-    if args.action == "add":
+    if args.action == "add" and args.auth == "expiring":
+        if args.user is None or not (args.shop and args.client_ref):
+            raise SystemExit("users add --auth expiring needs --user, --shop, --client-ref (where the app's client id "
+                             "and secret are) and one of --code, --refresh-token-ref or --migrate-token-ref")
+        connection = service.connect_expiring(
+            args.user, args.shop, args.client_ref, args.token_secret, code=args.code,
+            refresh_token_ref=args.refresh_token_ref, static_token_ref=args.migrate_token_ref,
+            replace=args.replace, api=args.api)
+        _print_added(args, service, connection)
+    elif args.action == "add":
         if args.user is None or not (args.shop and args.token_ref):
             raise SystemExit("users add needs --user, --shop and --token-ref (env:VAR, secretsmanager:ID or "
-                             "literal:TOKEN)")
+                             "literal:TOKEN), or --auth expiring (see --help)")
         connection = service.add_connection(args.user, args.shop, args.token_ref, replace=args.replace, api=args.api)
-        notice = service.api_change_notice(connection)
-        _print(args, {**connection.public(), "notice": notice},
-               f"added {connection.user_id} → {connection.shop} ({connection.api.upper()})"
-               + (f"\n{notice}" if notice else ""))
+        _print_added(args, service, connection)
     elif args.action == "remove":
         if args.user is None:
             raise SystemExit("users remove needs --user")
@@ -229,6 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "rest (legacy; REST products carry at most 100 variants). Changing it needs a manual sync")
     users.add_argument("--replace", action="store_true",
                        help="connect another shop to an existing user: its marks reset, old records stay (add)")
+    users.add_argument("--auth", choices=("static", "expiring"), default="static",
+                       help="static (custom and merchant-created apps: --token-ref) or expiring (public apps, "
+                       "required from 2027-01-01: refreshed tokens kept in Secrets Manager) (add)")
+    users.add_argument("--client-ref", help="expiring: where the app's client id and secret are (env:VAR, "
+                       "secretsmanager:ID; `client_id:client_secret` or JSON)")
+    users.add_argument("--token-secret", help="expiring: the Secrets Manager secret that keeps the token pair "
+                       "(default shopify-pipeline/<user>/tokens)")
+    users.add_argument("--code", help="expiring: the authorization code from the app's OAuth redirect (single use)")
+    users.add_argument("--refresh-token-ref", help="expiring: where a refresh token the app already holds is")
+    users.add_argument("--migrate-token-ref", help="expiring: where the shop's static (non-expiring) token is, to "
+                       "exchange for an expiring pair (public apps' migration)")
 
     sync = command("sync", _sync, "sync one user now (fetch and load), with progress")
     sync.add_argument("--type", choices=SYNC_TYPE_CHOICES, default=AUTO,

@@ -156,6 +156,8 @@ class ShopifySettings:
     max_throttle_waits: int = 20
     # Local simulator URLs (http://127.0.0.1:…) are refused unless this is on.
     allow_local_shops: bool = False
+    # Expiring access tokens are refreshed this long before they expire (Shopify's last 60 minutes).
+    token_refresh_margin_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ShopifySettings:
@@ -169,6 +171,7 @@ class ShopifySettings:
             ("page_size", "SHOPIFY_PAGE_SIZE", int),
             ("timeout_seconds", "SHOPIFY_TIMEOUT_SECONDS", float),
             ("max_response_bytes", "SHOPIFY_MAX_RESPONSE_BYTES", int),
+            ("token_refresh_margin_seconds", "SHOPIFY_TOKEN_REFRESH_MARGIN_SECONDS", float),
         ):
             if env.get(var):
                 try:

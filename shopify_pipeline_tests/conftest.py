@@ -10,6 +10,7 @@ import pytest
 from shopify_pipeline.dynamo.client import dynamodb_client
 from shopify_pipeline.dynamo.local import LocalDynamoDB
 from shopify_pipeline.dynamo.tables import create_tables
+from shopify_pipeline.local_aws import LocalSecretsManager
 from shopify_pipeline.settings import Settings
 
 
@@ -23,6 +24,13 @@ def dynamodb_endpoint() -> str:
         return
     with LocalDynamoDB() as server:
         yield server.endpoint_url
+
+
+@pytest.fixture(scope="session")
+def secrets_manager():
+    """A local Secrets Manager (moto's standalone server) for this session."""
+    with LocalSecretsManager() as server:
+        yield server
 
 
 @pytest.fixture

@@ -47,6 +47,11 @@ class Connection:
     # before there was a choice has none, and kept REST, the only API then.
     api: str = "rest"
     shapes: dict[str, str] = field(default_factory=dict)  # data type -> shape of its stored documents
+    # How the shop's token works: "static" (token_ref is the token), or "expiring" (token_ref is the
+    # secretsmanager: secret holding the current token pair, client_ref where the app's client id and
+    # secret are; shopify/auth.py refreshes the pair).
+    auth: str = "static"
+    client_ref: str | None = None
 
     def stored_shape(self, data_type: str) -> str | None:
         """The shape (graphql or rest) of this user's `data_type` documents in DynamoDB, as written by the
@@ -57,7 +62,8 @@ class Connection:
 
     def public(self) -> dict:
         """This connection as fields safe to print or log: a `literal:` token shows as `literal:***`."""
-        return {**asdict(self), "token_ref": public_token_ref(self.token_ref)}
+        return {**asdict(self), "token_ref": public_token_ref(self.token_ref),
+                "client_ref": public_token_ref(self.client_ref) if self.client_ref else None}
 
     def __repr__(self) -> str:  # the dataclass repr would print a literal token into logs and tracebacks
         fields = ", ".join(f"{name}={value!r}" for name, value in self.public().items())
@@ -82,10 +88,11 @@ class ConnectionStore:
         with translate_errors(self._table, self._client.meta.endpoint_url):
             return getattr(self._client, operation)(TableName=self._table, **kwargs)
 
-    def add(self, user_id: str, shop: str, token_ref: str, api: str = "graphql") -> Connection:
-        """Create a user's connection, or update its shop, token reference and API. Last syncs, high-water
-        marks and the shapes of stored documents are kept when the shop stays the same (a new token must not
-        turn daily syncs into full ones) and reset when the shop changes."""
+    def add(self, user_id: str, shop: str, token_ref: str, api: str = "graphql", auth: str = "static",
+            client_ref: str | None = None) -> Connection:
+        """Create a user's connection, or update its shop, token reference, API and auth. Last syncs,
+        high-water marks and the shapes of stored documents are kept when the shop stays the same (a new token
+        must not turn daily syncs into full ones) and reset when the shop changes."""
         check_user_id(user_id)
         old = self._call("get_item", Key={"userId": {"S": user_id}}, ConsistentRead=True).get("Item")
         same_shop = old is not None and old["shop"]["S"] == shop
@@ -94,8 +101,10 @@ class ConnectionStore:
             "createdAt": old["createdAt"] if same_shop else {"S": now_iso()},
             "lastSync": old.get("lastSync", {"M": {}}) if same_shop else {"M": {}},
             "highWater": old.get("highWater", {"M": {}}) if same_shop else {"M": {}},
-            "api": {"S": api},
+            "api": {"S": api}, "auth": {"S": auth},
         }
+        if client_ref:
+            item["clientRef"] = {"S": client_ref}
         if same_shop and "shapes" in old:
             item["shapes"] = old["shapes"]
         self._call("put_item", Item=item)
@@ -165,4 +174,5 @@ def _connection(item: dict) -> Connection:
     data = {k: deserialize(v) for k, v in item.items()}
     return Connection(data["userId"], data["shop"], data["tokenRef"], data.get("createdAt"),
                       data.get("lastSync", {}), data.get("highWater", {}), data.get("lastFailedRun"),
-                      data.get("api", "rest"), data.get("shapes", {}))
+                      data.get("api", "rest"), data.get("shapes", {}), data.get("auth", "static"),
+                      data.get("clientRef"))

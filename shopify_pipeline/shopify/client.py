@@ -27,6 +27,7 @@ from urllib3.util.retry import Retry
 
 from shopify_pipeline.exact_json import parse_json
 from shopify_pipeline.settings import ShopifySettings
+from shopify_pipeline.shopify.auth import AccessTokens, StaticTokens
 from shopify_pipeline.shopify.errors import (
     BadRequestError,
     InvalidCursorError,
@@ -205,7 +206,7 @@ class ShopifyClient:
     def __init__(
         self,
         shop: str,
-        token: str,
+        token: str | AccessTokens,
         settings: ShopifySettings | None = None,
         pacer: Pacer | FixedGapPacer | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -218,8 +219,10 @@ class ShopifyClient:
         self.stats = ClientStats()
         self.answered_version: str | None = None  # X-Shopify-API-Version of the last answer
         self._sleep = sleep
+        # A static token, or expiring ones refreshed as they run out (shopify/auth.py): asked for per request.
+        self.tokens: AccessTokens = StaticTokens(token) if isinstance(token, str) else token
         self._session = ShopSession(
-            {"X-Shopify-Access-Token": token, "Accept": "application/json", "User-Agent": "shopify_pipeline/0.1"},
+            {"Accept": "application/json", "User-Agent": "shopify_pipeline/0.1"},
             retry_policy(self.settings), self.settings.timeout_seconds, self.settings.max_response_bytes)
 
     def __repr__(self) -> str:
@@ -264,6 +267,8 @@ class ShopifyClient:
         """`method` `url` of this shop: retried, 429s waited out, paced by the REST bucket unless `paced` is
         False (GraphQL has its own, by cost). Returns a 2xx answer or raises a typed error."""
         self._check_same_shop(url)
+        token = self.tokens.current()
+        retried_token = False
         for _ in range(self.settings.max_throttle_waits + 1):
             if paced:
                 waited = self.pacer.acquire()
@@ -271,7 +276,7 @@ class ShopifyClient:
                 if waited >= 1:
                     log.info("pacing: waited %.1f s for room in %s's rate-limit bucket", waited, self.base_url)
             try:
-                response = self._session.send(method, url, json_body)
+                response = self._session.send(method, url, json_body, {"X-Shopify-Access-Token": token})
             except DeadlineExceeded as error:
                 self.stats.add(requests=1)
                 kind = IncompleteAnswerError if error.in_body else ShopifyTransientError
@@ -296,6 +301,15 @@ class ShopifyClient:
             self.stats.add(requests=1 + response.retries, retries=response.retries)
             if paced:
                 self.pacer.observe(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
+            if response.status_code == 401 and not retried_token:
+                # An expiring token that ran out (or was replaced by another process): once, with the next.
+                retried_token = True
+                replacement = self.tokens.rejected(token)
+                if replacement is not None and replacement != token:
+                    log.info("Shopify refused the access token of %s (401); trying once with a refreshed one",
+                             self.base_url)
+                    token = replacement
+                    continue
             if response.status_code != 429:
                 return self._checked(response, url)
             wait = retry_after_seconds(response.headers.get("Retry-After"), default=2.0,

@@ -169,7 +169,8 @@ class ShopSession:
         """The whole answer to GET `url` (see `send`)."""
         return self.send("GET", url)
 
-    def send(self, method: str, url: str, json_body: dict | None = None) -> Answer:
+    def send(self, method: str, url: str, json_body: dict | None = None,
+             headers: dict[str, str] | None = None) -> Answer:
         """The whole answer to `method` `url` (with a JSON body); a 3xx comes back as it is, never followed.
 
         Raises DeadlineExceeded, TooLarge, IncompleteBody, or requests' RequestException for failures before
@@ -179,7 +180,7 @@ class ShopSession:
         connect = min(10.0, self.deadline_seconds)
         try:
             # The adapter directly: requests' redirect machinery would read a redirect's body, uncapped.
-            request = self._session.prepare_request(requests.Request(method, url, json=json_body))
+            request = self._session.prepare_request(requests.Request(method, url, json=json_body, headers=headers))
             response = self._session.get_adapter(url).send(request, stream=True,
                                                            timeout=(connect, self.deadline_seconds))
         except requests.RequestException:

@@ -38,13 +38,22 @@ from shopify_pipeline.settings import (
     SettingsError,
     ShopifySettings,
 )
-from shopify_pipeline.shopify.client import ShopifyClient
+from shopify_pipeline.shopify.auth import ExpiringTokens, OAuthClient
+from shopify_pipeline.shopify.client import ShopifyClient, shop_base_url
 from shopify_pipeline.shopify.errors import InvalidCursorError, ShopifyTransientError
 from shopify_pipeline.shopify.pacer import FixedGapPacer
 from shopify_pipeline.shopify.sources import PageSource, page_source
 from shopify_pipeline.sync.bulk_fetch import BulkGiveUp, discard, drop_discarded, fetch_bulk, plan_bulk
 from shopify_pipeline.sync.records import BadRecordError, bad_records_message, note_bad_records, record_problems
-from shopify_pipeline.sync.tokens import resolve_token
+from shopify_pipeline.sync.tokens import (
+    LeaseRefreshLock,
+    SecretsManagerVault,
+    TokenReferenceError,
+    resolve_client_credentials,
+    resolve_token,
+    secrets_client,
+    token_secret_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +150,12 @@ class SyncEngine:
         shopify_settings: ShopifySettings | None = None,
         options: SyncOptions | None = None,
         dynamodb=None,
+        secrets=None,
     ) -> None:
+        """`secrets` is a Secrets Manager client (under Dagster, dagster-aws's SecretsManagerResource makes it);
+        by default one is made when a connection first needs it."""
         self.settings = settings
+        self._secrets = secrets
         self.shopify_settings = shopify_settings or ShopifySettings()
         self.options = options or SyncOptions()
         self.dynamodb = dynamodb or dynamodb_client(settings)
@@ -159,7 +172,28 @@ class SyncEngine:
         if shopify.pacing == "fixed":
             gap = shopify.fixed_gap_daily_seconds if sync_type == "daily" else shopify.fixed_gap_seconds
             pacer = FixedGapPacer(gap)
-        return ShopifyClient(connection.shop, resolve_token(connection.token_ref), shopify, pacer=pacer)
+        return ShopifyClient(connection.shop, self.access_tokens(connection), shopify, pacer=pacer)
+
+    @property
+    def secrets(self):
+        if self._secrets is None:
+            self._secrets = secrets_client()
+        return self._secrets
+
+    def access_tokens(self, connection: Connection) -> str | ExpiringTokens:
+        """The connection's static token, or its expiring tokens (refreshed under the user's refresh lock)."""
+        if connection.auth != "expiring":
+            secrets = self.secrets if connection.token_ref.startswith("secretsmanager:") else None
+            return resolve_token(connection.token_ref, secrets)
+        if not connection.client_ref:
+            raise TokenReferenceError(f"the expiring connection of {connection.user_id} has no client credentials "
+                                      "reference: run `users add … --auth expiring --client-ref …` again")
+        shopify = self.shopify_settings
+        credentials = resolve_client_credentials(connection.client_ref, self.secrets)
+        oauth = OAuthClient(shop_base_url(connection.shop, shopify.allow_local_shops), credentials, shopify)
+        return ExpiringTokens(SecretsManagerVault(self.secrets, token_secret_id(connection.token_ref)),
+                              LeaseRefreshLock(self.state.leases, connection.user_id), oauth,
+                              margin_seconds=shopify.token_refresh_margin_seconds)
 
     def page_source(self, connection: Connection, sync_type: str | None = None) -> PageSource:
         """How this connection reads Shopify: its API (GraphQL by default, REST if chosen) over a client."""

@@ -235,7 +235,8 @@ class SyncService:
     # Connections ---------------------------------------------------------------------------------
 
     def add_connection(self, user_id: str, shop: str, token_ref: str, replace: bool = False,
-                       api: str | None = None) -> Connection:
+                       api: str | None = None, auth: str = "static", client_ref: str | None = None,
+                       dry_run: bool = False) -> Connection | None:
         """Connect (or reconnect) a user's shop. Refuses a bad user id, shop domain or token reference
         (TokenReferenceError, e.g. a token pasted where `env:VAR` belongs) before anything is stored, and
         a different shop for a connected user unless `replace` (ShopChangeRefusedError says what happens).
@@ -264,7 +265,59 @@ class SyncService:
                 "records stay in the tables under this user id, beside the new shop's. Run `users add` again with "
                 "--replace to do that, or connect the new shop under a new user id to keep them apart.")
         same_shop = old is not None and shop_base_url(old.shop, allow_local=True) == new_base
-        return self.engine.connections.add(user_id, shop, token_ref, api or (old.api if same_shop else DEFAULT_API))
+        if dry_run:
+            return None
+        return self.engine.connections.add(user_id, shop, token_ref, api or (old.api if same_shop else DEFAULT_API),
+                                           auth=auth, client_ref=client_ref)
+
+    def connect_expiring(self, user_id: str, shop: str, client_ref: str, token_secret: str | None = None, *,
+                         code: str | None = None, refresh_token_ref: str | None = None,
+                         static_token_ref: str | None = None, replace: bool = False,
+                         api: str | None = None) -> Connection:
+        """Connect a shop with expiring tokens (public apps, required from 2027-01-01). Exactly one source of
+        the first pair: `code`, the authorization code of the app's OAuth redirect; `refresh_token_ref`, a
+        reference to a refresh token the app already holds; or `static_token_ref`, the shop's non-expiring
+        token, exchanged for an expiring pair (the migration path). The pair is stored in the Secrets Manager
+        secret `token_secret` (default `shopify-pipeline/<user>/tokens`) before the connection names it."""
+        from shopify_pipeline.shopify.auth import OAuthClient
+        from shopify_pipeline.shopify.client import shop_base_url
+        from shopify_pipeline.sync.tokens import (
+            SecretsManagerVault,
+            resolve_client_credentials,
+            resolve_token,
+            token_secret_id,
+        )
+
+        sources = [name for name, value in (("code", code), ("refresh_token_ref", refresh_token_ref),
+                                            ("static_token_ref", static_token_ref)) if value]
+        if len(sources) != 1:
+            from shopify_pipeline.settings import SettingsError
+
+            raise SettingsError("an expiring connection needs exactly one of: --code (the authorization code of the "
+                                "app's OAuth redirect), --refresh-token-ref, or --migrate-token-ref (a static "
+                                "token to exchange)")
+        check_user_id(user_id)
+        token_ref = f"secretsmanager:{token_secret or f'shopify-pipeline/{user_id}/tokens'}"
+        check_token_ref(token_ref)
+        check_token_ref(client_ref)
+        # The connection itself is checked (shop, replace) before Shopify is asked: a code is single use.
+        self.add_connection(user_id, shop, token_ref, replace=replace, api=api, dry_run=True)
+        engine = self.engine
+        credentials = resolve_client_credentials(client_ref, engine.secrets)
+        oauth = OAuthClient(shop_base_url(shop, engine.shopify_settings.allow_local_shops), credentials,
+                            engine.shopify_settings)
+        try:
+            if code:
+                pair = oauth.exchange_code(code)
+            elif refresh_token_ref:
+                pair = oauth.refresh(resolve_token(refresh_token_ref, engine.secrets))
+            else:
+                pair = oauth.exchange_static_token(resolve_token(static_token_ref or "", engine.secrets))
+        finally:
+            oauth.close()
+        SecretsManagerVault(engine.secrets, token_secret_id(token_ref)).save(pair)  # stored before it is named
+        return self.add_connection(user_id, shop, token_ref, replace=replace, api=api, auth="expiring",
+                                   client_ref=client_ref)
 
     @staticmethod
     def api_change_notice(connection: Connection) -> str | None:

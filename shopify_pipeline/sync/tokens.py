@@ -6,10 +6,13 @@ reference belongs would otherwise end up in logs, statuses and terminals.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
+from shopify_pipeline.dynamo.lease import Fence, LeaseHeldError, LeaseStore, new_owner
 from shopify_pipeline.errors import PermanentError
+from shopify_pipeline.shopify.auth import ClientCredentials, TokenPair
 
 SCHEMES = ("env", "secretsmanager", "literal")
 # Upper case only: a pasted token (mixed or lower case) is refused here instead of echoed later as
@@ -72,7 +75,15 @@ def check_token_ref(reference: str) -> str:
     return reference
 
 
-def resolve_token(reference: str) -> str:
+def secrets_client(region: str | None = None):
+    """A Secrets Manager client (boto3 reads AWS_ENDPOINT_URL_SECRETS_MANAGER for a local endpoint)."""
+    import boto3
+
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.client("secretsmanager", region_name=region)
+
+
+def resolve_token(reference: str, secrets=None) -> str:
     """The token behind `reference`:
 
     - `env:VAR`: the environment variable VAR;
@@ -90,11 +101,8 @@ def resolve_token(reference: str) -> str:
             raise TokenUnavailableError(f"the environment variable {value} holding the Shopify token is not set")
         return _check_token(token, f"env:{value}")
     if kind == "secretsmanager":
-        import boto3
-
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         try:
-            token = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=value)["SecretString"]
+            token = (secrets or secrets_client()).get_secret_value(SecretId=value)["SecretString"]
         except Exception as error:  # noqa: BLE001 - any failure means the same thing to the operator
             raise TokenUnavailableError(
                 f"cannot read the Shopify token from Secrets Manager secret {value}: {type(error).__name__}"
@@ -122,3 +130,105 @@ def _check_token(token: str, where: str) -> str:
         "Shopify token has: strip them (copy the token again, as one word) where it is stored; the token is "
         "not shown"
     )
+
+
+# -- expiring tokens (issue #14): the app's credentials, the stored pair, the refresh lock ------------------
+
+
+def resolve_client_credentials(reference: str, secrets=None) -> ClientCredentials:
+    """The app's client id and secret behind `reference` (env:, secretsmanager:, literal:, as for tokens):
+    a JSON object `{"client_id": …, "client_secret": …}` or `client_id:client_secret`."""
+    check_token_ref(reference)
+    kind, _, value = reference.partition(":")
+    if kind == "env":
+        text = os.environ.get(value)
+        if not text:
+            raise TokenUnavailableError(f"the environment variable {value} holding the app's client credentials "
+                                        "is not set")
+    elif kind == "secretsmanager":
+        try:
+            text = (secrets or secrets_client()).get_secret_value(SecretId=value)["SecretString"]
+        except Exception as error:  # noqa: BLE001 - any failure means the same thing to the operator
+            raise TokenUnavailableError(f"cannot read the app's client credentials from Secrets Manager secret "
+                                        f"{value}: {type(error).__name__}") from None
+    else:
+        text = value
+    client_id = client_secret = None
+    try:
+        parsed = json.loads(text)
+        if isinstance(parsed, dict):
+            client_id, client_secret = parsed.get("client_id"), parsed.get("client_secret")
+    except ValueError:
+        client_id, _, client_secret = text.partition(":")
+    if not (isinstance(client_id, str) and _is_token_shaped(client_id)
+            and isinstance(client_secret, str) and _is_token_shaped(client_secret)):
+        raise TokenFormatError(
+            f"the app's client credentials from {kind}:… are not `client_id:client_secret` or a JSON object with "
+            "client_id and client_secret (the value is not shown)")
+    return ClientCredentials(client_id, client_secret)
+
+
+def token_secret_id(reference: str) -> str:
+    """The Secrets Manager secret of an expiring connection's token pair (its token reference)."""
+    check_token_ref(reference)
+    kind, _, value = reference.partition(":")
+    if kind != "secretsmanager":
+        raise TokenReferenceError(
+            "an expiring connection keeps its token pair in a secretsmanager:SECRET_ID reference (it is written at "
+            "every refresh), not env: or literal:")
+    return value
+
+
+class SecretsManagerVault:
+    """One shop's token pair in an AWS Secrets Manager secret (a JSON SecretString; a new version per
+    refresh). Errors name the secret, never its value."""
+
+    def __init__(self, client, secret_id: str) -> None:
+        self._client = client
+        self.secret_id = secret_id
+
+    def __repr__(self) -> str:
+        return f"SecretsManagerVault({self.secret_id!r})"
+
+    def load(self) -> TokenPair:
+        try:
+            text = self._client.get_secret_value(SecretId=self.secret_id)["SecretString"]
+        except Exception as error:  # noqa: BLE001 - the operator's next step is the same
+            raise TokenUnavailableError(
+                f"cannot read the token pair from Secrets Manager secret {self.secret_id} "
+                f"({type(error).__name__}); connect the shop with `shopify-pipeline users add … --auth expiring`"
+            ) from None
+        try:
+            return TokenPair.from_json(json.loads(text))
+        except ValueError as error:
+            raise TokenFormatError(f"Secrets Manager secret {self.secret_id} does not hold a token pair: {error}. "
+                                   "Connect the shop again with `users add … --auth expiring`.") from None
+
+    def save(self, pair: TokenPair) -> None:
+        text = json.dumps(pair.to_json())
+        try:
+            self._client.put_secret_value(SecretId=self.secret_id, SecretString=text)
+        except self._client.exceptions.ResourceNotFoundException:
+            self._client.create_secret(Name=self.secret_id, SecretString=text,
+                                       Description="shopify_pipeline: a shop's expiring access token pair")
+
+
+class LeaseRefreshLock:
+    """The refresh lock of one user's shop: a lease item (`lease_token_refresh`) in the checkpoints table,
+    taken with a conditional write by one holder at a time (each acquisition its own owner, so two threads
+    of one process exclude each other too). A holder that dies frees it when the lease expires."""
+
+    DATA_TYPE = "token_refresh"
+
+    def __init__(self, leases: LeaseStore, user_id: str, seconds: float = 120.0) -> None:
+        self.leases, self.user_id, self.seconds = leases, user_id, seconds
+
+    def acquire(self) -> Fence | None:
+        try:
+            return self.leases.acquire(self.user_id, self.DATA_TYPE, new_owner(), self.seconds)
+        except LeaseHeldError:
+            return None
+
+    def release(self, handle: object) -> None:
+        if isinstance(handle, Fence):
+            self.leases.release(handle)
