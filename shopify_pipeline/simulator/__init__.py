@@ -8,6 +8,8 @@
 from shopify_pipeline.simulator.config import (
     ALL_SCOPES,
     PLANS,
+    AuthConfig,
+    AuthFaults,
     BulkConfig,
     BulkFaults,
     FaultConfig,
@@ -16,4 +18,5 @@ from shopify_pipeline.simulator.config import (
 )
 from shopify_pipeline.simulator.server import Simulator
 
-__all__ = ["ALL_SCOPES", "PLANS", "BulkConfig", "BulkFaults", "FaultConfig", "FaultRule", "ShopConfig", "Simulator"]
+__all__ = ["ALL_SCOPES", "PLANS", "AuthConfig", "AuthFaults", "BulkConfig", "BulkFaults", "FaultConfig", "FaultRule",
+           "ShopConfig", "Simulator"]

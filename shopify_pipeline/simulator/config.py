@@ -179,6 +179,96 @@ class BulkConfig:
         return cls(**values)
 
 
+# Grants of POST /admin/oauth/access_token, by the names AuthFaults.grant_types uses.
+AUTH_GRANT_TYPES = ("authorization_code", "refresh_token", "token_exchange")
+
+
+@dataclass(frozen=True)
+class AuthFaults:
+    """Faults of a shop's token endpoint (POST /admin/oauth/access_token), for the grants in `grant_types`.
+
+    The next `server_errors` requests answer `server_error_status` (500 JSON, 502/503/504 HTML as the API's
+    faults) and change nothing. The next `lost_responses` successful grants are performed (the new tokens
+    are issued and the old ones rotated) and then the connection is reset without an answer. `revoked` is
+    the app uninstalled: when it is set every token, refresh token and unused code of the shop is revoked,
+    and while it stays set every API request answers 401 and every grant is refused; clearing it is a
+    reinstall (new authorization codes work, the revoked credentials stay revoked).
+    """
+
+    server_errors: int = 0
+    server_error_status: int = 503
+    lost_responses: int = 0
+    revoked: bool = False
+    grant_types: tuple[str, ...] = ("refresh_token",)
+
+    def __post_init__(self) -> None:
+        if self.server_error_status not in (500, 502, 503, 504):
+            raise ValueError("server_error_status must be 500, 502, 503 or 504")
+        if self.server_errors < 0 or self.lost_responses < 0:
+            raise ValueError("server_errors and lost_responses count requests: 0 or more")
+        unknown = set(self.grant_types) - set(AUTH_GRANT_TYPES)
+        if unknown:
+            raise ValueError(f"unknown grant types {', '.join(sorted(unknown))}; expected some of "
+                             f"{', '.join(AUTH_GRANT_TYPES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """These faults as JSON-ready data."""
+        data = asdict(self)
+        data["grant_types"] = list(self.grant_types)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuthFaults:
+        """AuthFaults from JSON data; unknown keys raise ValueError."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown auth fault fields: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        if "grant_types" in values:
+            values["grant_types"] = tuple(values["grant_types"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """A shop whose app gets Shopify's expiring offline access tokens. Durations are Shopify seconds (divided
+    by time_scale), defaults as Shopify documents them.
+
+    `client_id` and `client_secret` are the app's credentials the token endpoint checks. An access token
+    lasts `access_token_seconds` (60 minutes), a refresh token `refresh_token_seconds` (90 days). A used
+    refresh token stays valid until the app starts using its replacement, at most
+    `previous_refresh_token_seconds` (30 days) from its first use. A lost migration answer can be fetched
+    again with the same non-expiring token for `migration_retry_seconds` (7 days). `static_token`: whether
+    ShopConfig.token is accepted as a non-expiring token from an earlier install until it is exchanged,
+    replaced by an expiring one, or revoked.
+    """
+
+    client_id: str
+    client_secret: str
+    access_token_seconds: float = 3600.0
+    refresh_token_seconds: float = 90 * 86_400.0
+    previous_refresh_token_seconds: float = 30 * 86_400.0
+    migration_retry_seconds: float = 7 * 86_400.0
+    static_token: bool = True
+    faults: AuthFaults = field(default_factory=AuthFaults)
+
+    def __post_init__(self) -> None:
+        if not self.client_id or not self.client_secret:
+            raise ValueError("client_id and client_secret must not be empty")
+        lifetimes = (self.access_token_seconds, self.refresh_token_seconds, self.previous_refresh_token_seconds,
+                     self.migration_retry_seconds)
+        if min(lifetimes) <= 0:
+            raise ValueError("token lifetimes must be positive")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuthConfig:
+        """An AuthConfig from JSON data (faults as a nested object)."""
+        values = dict(data)
+        if "faults" in values:
+            values["faults"] = AuthFaults.from_dict(values["faults"])
+        return cls(**values)
+
+
 @dataclass(frozen=True)
 class ShopConfig:
     """One simulated shop: its name (the `{shop}` of `{shop}.myshopify.com`), token, data and state.
@@ -189,7 +279,8 @@ class ShopConfig:
     first 100). `history_days` spreads created_at over that many days before the simulator starts.
     `timezone_offset_minutes` is the shop's local offset used in every REST timestamp. `api_versions` are
     the supported versions: an older one is answered by the oldest of them, a newer one is 404. `bulk`
-    configures bulk query operations (concurrency, speed, URL expiry, faults).
+    configures bulk query operations (concurrency, speed, URL expiry, faults). `auth` gives the app expiring
+    offline access tokens and the token endpoint; None keeps the one static `token`.
     """
 
     name: str
@@ -210,6 +301,7 @@ class ShopConfig:
     timezone_offset_minutes: int = -300
     api_versions: tuple[str, ...] = SUPPORTED_API_VERSIONS
     bulk: BulkConfig = field(default_factory=BulkConfig)
+    auth: AuthConfig | None = None
 
     def __post_init__(self) -> None:
         if self.plan not in PLANS:
@@ -225,6 +317,8 @@ class ShopConfig:
             values["faults"] = FaultConfig.from_dict(values["faults"])
         if "bulk" in values:
             values["bulk"] = BulkConfig.from_dict(values["bulk"])
+        if values.get("auth") is not None:
+            values["auth"] = AuthConfig.from_dict(values["auth"])
         for key in ("scopes", "api_versions"):
             if key in values:
                 values[key] = tuple(values[key])

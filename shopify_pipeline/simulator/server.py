@@ -1,4 +1,5 @@
-"""The HTTP server: Shopify's REST and GraphQL endpoints under /shops/{shop}/admin/…, /_simulator/ for tests.
+"""The HTTP server: Shopify's REST and GraphQL endpoints and the OAuth token endpoint under /shops/{shop}/admin/…,
+/_simulator/ for tests.
 
 A client addresses a shop by path prefix: where it would call https://{shop}.myshopify.com/admin/…,
 it calls http://127.0.0.1:{port}/shops/{shop}/admin/….
@@ -19,8 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from shopify_pipeline.simulator.auth import ShopAuth, TokenAnswer, oauth_error
 from shopify_pipeline.simulator.bulk import BulkService
-from shopify_pipeline.simulator.config import DATA_TYPES, BulkFaults, FaultConfig, ShopConfig
+from shopify_pipeline.simulator.config import DATA_TYPES, AuthFaults, BulkFaults, FaultConfig, ShopConfig
 from shopify_pipeline.simulator.data import US
 from shopify_pipeline.simulator.faults import HTML_BODIES
 from shopify_pipeline.simulator.graphql_api import Context, Cursors, GraphQLRequest, respond
@@ -38,6 +40,7 @@ from shopify_pipeline.simulator.store import RenderCache, dumps, record_filter
 
 BULK_PATH = re.compile(r"^/bulk/(?P<token>[0-9a-f]+)\.jsonl$")
 SHOP_PATH = re.compile(r"^/shops/(?P<shop>[^/]+)(?P<rest>/.*)$")
+TOKEN_PATH = "/admin/oauth/access_token"
 API_PATH = re.compile(r"^/admin/api/(?P<version>[^/]+)/(?P<resource>[a-z_]+)(?:/(?P<tail>[^/]+))?\.json$")
 VERSION_FORMAT = re.compile(r"^\d{4}-(01|04|07|10)$")
 ADMIN_PATH = re.compile(r"^/_simulator/shops/(?P<shop>[^/]+)/(?P<what>[a-z_]+)(?:/(?P<type>[a-z]+))?"
@@ -70,7 +73,7 @@ class Simulator:
     """A local Shopify Admin API (REST and GraphQL) serving several shops on 127.0.0.1.
 
     `time_scale` speeds up the leaky bucket (10 → leaks ten times faster, Retry-After ten times
-    shorter); everything else runs in real time.
+    shorter), the cost bucket, bulk operations and token lifetimes; everything else runs in real time.
     """
 
     def __init__(self, shops: list[ShopConfig], port: int = 0, time_scale: float = 1.0,
@@ -178,8 +181,37 @@ class Simulator:
         return self.bulk.shop(self._shop(shop_name)).expire()
 
     def stats(self, shop_name: str) -> dict[str, Any]:
-        """Counters: requests per endpoint, responses per status, 429s (`throttled`), bucket level."""
+        """Counters: requests per endpoint, responses per status, 429s (`throttled`), bucket level; for a shop
+        with `auth` also `auth` (token_requests, refresh_requests, refreshes, tokens_issued,
+        expired_token_rejections)."""
         return self._shop(shop_name).stats()
+
+    def _auth(self, shop_name: str) -> ShopAuth:
+        auth = self._shop(shop_name).auth
+        if auth is None:
+            raise ValueError(f"shop {shop_name!r} has no auth configuration (ShopConfig.auth)")
+        return auth
+
+    def authorization_code(self, shop_name: str) -> str:
+        """A single-use authorization code, as the redirect after the merchant approves the app carries it."""
+        return self._auth(shop_name).authorization_code()
+
+    def set_auth_faults(self, shop_name: str, faults: AuthFaults) -> None:
+        """Serve these token endpoint faults from the next request on (`revoked` revokes every token now)."""
+        self._auth(shop_name).set_faults(faults)
+
+    def expire_access_tokens(self, shop_name: str) -> int:
+        """Make the shop's expiring access token expire now. Returns how many expired (0 or 1)."""
+        return self._auth(shop_name).expire_access_tokens()
+
+    def valid_access_tokens(self, shop_name: str) -> list[str]:
+        """The access tokens API requests are accepted with right now: the non-expiring one if still valid,
+        then the active expiring one."""
+        return self._auth(shop_name).valid_access_tokens()
+
+    def valid_refresh_tokens(self, shop_name: str) -> list[str]:
+        """The refresh tokens a refresh is accepted with right now: the newest, then the one kept for a retry."""
+        return self._auth(shop_name).valid_refresh_tokens()
 
     def records(self, shop_name: str, data_type: str, rest: bool = False) -> list[dict[str, Any]]:
         """The source of truth: every live record as a parsed document (ids stay ints), by id.
@@ -300,9 +332,54 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send(json_answer(404, NOT_FOUND))
             return
         query = parse_qs(split.query, keep_blank_values=True)
+        if method == "POST" and match["rest"] == TOKEN_PATH and shop.auth is not None:
+            self._token_request(shop, shop.auth, query)
+            return
         self._shop_request(shop, method, match["rest"], query)
 
     # -- Shopify's side ----------------------------------------------------------------------------
+
+    def _token_request(self, shop: ShopRuntime, auth: ShopAuth, query: dict[str, list[str]]) -> None:
+        """POST /admin/oauth/access_token: a grant from a JSON or form body, or a fault from AuthFaults."""
+        shop.count_request("access_token")
+        params = {name: values[-1] for name, values in query.items()}
+        try:
+            params.update(self._token_params())
+        except ValueError:
+            answer = oauth_error(400, "invalid_request", "The request body is not valid JSON or form data.")
+        else:
+            answer = auth.grant(params)
+        if answer.fault == "lost":
+            shop.count_response(0, "auth_lost")
+            self._drop_connection()
+            return
+        if answer.fault is not None:
+            response = self._fault_answer(answer.fault, shop, {})
+            shop.count_response(response.status, f"auth_{answer.fault}")
+            self._send(response)
+            return
+        shop.count_response(answer.status, None)
+        self._send(self._token_answer(answer))
+
+    @staticmethod
+    def _token_answer(answer: TokenAnswer) -> Answer:
+        # RFC 6749 5.1: token responses must not be cached.
+        return json_answer(answer.status, answer.body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _token_params(self) -> dict[str, str]:
+        """The token request's parameters from its body: JSON or application/x-www-form-urlencoded."""
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length).decode("utf-8") if length else ""
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if not raw.strip():
+            return {}
+        if content_type == "application/json" or (content_type != "application/x-www-form-urlencoded"
+                                                  and raw.lstrip().startswith("{")):
+            document = json.loads(raw)
+            if not isinstance(document, dict):
+                raise ValueError("a token request's JSON body is an object")
+            return {str(name): _param(value) for name, value in document.items() if value is not None}
+        return {name: values[-1] for name, values in parse_qs(raw, keep_blank_values=True).items()}
 
     def _shop_request(self, shop: ShopRuntime, method: str, rest: str,
                       query: dict[str, list[str]]) -> None:
@@ -371,7 +448,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         if refused is not None:
             return refused
         token = self.headers.get("X-Shopify-Access-Token")
-        bucket = shop.bucket(token)
+        bucket = shop.bucket(shop.bucket_key(token))
         if fault == "429" or not bucket.take():
             headers = {"Retry-After": bucket.retry_after_header()}
             if shop.faults.config.call_limit_header_on_429:
@@ -399,7 +476,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _refused(self, shop: ShopRuntime) -> Answer | None:
         """Shopify's first checks, the same for REST and GraphQL: the token, then the shop's state."""
-        if self.headers.get("X-Shopify-Access-Token") != shop.token:
+        if not shop.accepts(self.headers.get("X-Shopify-Access-Token")):
             return json_answer(401, INVALID_TOKEN)
         if shop.state == "frozen":
             return json_answer(402, {"errors": "Unavailable Shop"})
@@ -413,7 +490,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         refused = self._refused(shop)
         if refused is not None:
             return refused
-        token = self.headers.get("X-Shopify-Access-Token")
+        token = shop.bucket_key(self.headers.get("X-Shopify-Access-Token"))
         answered_version = self._answered_version(shop, version)
         if answered_version is None:
             return json_answer(404, NOT_FOUND)
@@ -608,8 +685,27 @@ class RequestHandler(BaseHTTPRequestHandler):
             return json_answer(200, bulk.faults.to_dict())
         if what == "bulk_expire" and method == "POST":
             return json_answer(200, {"expired": self.sim.expire_bulk_urls(name)})
+        if what.startswith("auth_"):
+            return self._admin_auth(method, name, what)
         if what == "records" and match["type"] in DATA_TYPES:
             return self._admin_records(method, name, match["type"], match["action"])
+        return json_answer(404, NOT_FOUND)
+
+    def _admin_auth(self, method: str, name: str, what: str) -> Answer:
+        auth = self.sim.shops[name].auth
+        if auth is None:
+            return json_answer(400, {"errors": f"shop {name!r} has no auth configuration (ShopConfig.auth)"})
+        if what == "auth_faults":
+            if method == "POST":
+                auth.set_faults(AuthFaults.from_dict(self._body_json()))
+            return json_answer(200, auth.faults.to_dict())
+        if what == "auth_code" and method == "POST":
+            return json_answer(200, {"code": auth.authorization_code()})
+        if what == "auth_expire" and method == "POST":
+            return json_answer(200, {"expired": auth.expire_access_tokens()})
+        if what == "auth_tokens" and method == "GET":
+            return json_answer(200, {"access_tokens": auth.valid_access_tokens(),
+                                     "refresh_tokens": auth.valid_refresh_tokens()})
         return json_answer(404, NOT_FOUND)
 
     def _admin_records(self, method: str, name: str, data_type: str, action: str | None) -> Answer:
@@ -628,6 +724,13 @@ class RequestHandler(BaseHTTPRequestHandler):
                 ids = mutate(name, data_type, n, seed, body.get("ids"))
             return json_answer(200, {"ids": ids})
         return json_answer(404, NOT_FOUND)
+
+
+def _param(value: Any) -> str:
+    """A JSON token request value as the string a form would carry (`"expiring": 1` and `true` are "1")."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
 
 
 def _pick(document: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""One simulated shop at run time: its data, state, scopes, rate-limit buckets, faults and counters."""
+"""One simulated shop at run time: its data, state, scopes, tokens, rate-limit buckets, faults and counters."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from typing import Any
 
+from shopify_pipeline.simulator.auth import ShopAuth
 from shopify_pipeline.simulator.bucket import CostBucket, LeakyBucket
 from shopify_pipeline.simulator.config import (
     DATA_TYPES,
@@ -46,6 +47,8 @@ class ShopRuntime:
         self.data = ShopData(renderer, collections, config.seed, config.large_order_every,
                              config.large_order_line_items, cache, large["products"])
         self.faults = FaultPlan(config.faults)
+        self.auth = (ShopAuth(config.auth, config.token, time_scale, lambda: self.scopes)
+                     if config.auth is not None else None)
         self._buckets: dict[str, LeakyBucket] = {}
         self._cost_buckets: dict[str, CostBucket] = {}
         self._lock = threading.Lock()
@@ -53,6 +56,17 @@ class ShopRuntime:
         self._statuses: Counter[str] = Counter()
         self._faults_served: Counter[str] = Counter()
         self._graphql_throttled = 0
+
+    def accepts(self, token: str | None) -> bool:
+        """Whether an API request with this X-Shopify-Access-Token is authenticated."""
+        if self.auth is None:
+            return token == self.token
+        return self.auth.accepts(token or "")
+
+    def bucket_key(self, token: str | None) -> str | None:
+        """The rate-limit key of an authenticated request: its token, or the app's when tokens rotate (Shopify
+        limits per app and shop, so a new access token must not bring a fresh bucket)."""
+        return token if self.auth is None else self.token
 
     def bucket(self, token: str) -> LeakyBucket:
         """The leaky bucket of (this shop, `token`), created on first use from the shop's plan."""
@@ -97,11 +111,14 @@ class ShopRuntime:
             self._graphql_throttled += 1
 
     def stats(self) -> dict[str, Any]:
-        """Counters for tests: requests per endpoint, answers per status, 429s, faults, bucket level."""
+        """Counters for tests: requests per endpoint, answers per status, 429s, faults, bucket level, and for a
+        shop with `auth` the token endpoint's counters."""
         bucket = self.bucket(self.token)
         cost_bucket = self.cost_bucket(self.token)
+        auth = {"auth": self.auth.stats()} if self.auth is not None else {}
         with self._lock:
             return {
+                **auth,
                 "requests": dict(self._requests),
                 "total_requests": sum(self._requests.values()),
                 "responses": dict(self._statuses),
