@@ -172,15 +172,18 @@ class BulkOperations:
         found = self.graphql.execute(POLL, {"id": operation_id}).data.get("bulkOperation")
         return None if found is None else BulkOperation.of(found)
 
-    def recent(self, days: float = MAX_RUN_DAYS) -> list[BulkOperation]:
-        """Our bulk query operations created in the last `days`, newest first, whatever their status. With the
-        default every operation still running is among them (none runs longer), so this finds the ones whose id
-        a stopped run never saved."""
+    def recent(self, days: float = MAX_RUN_DAYS, max_pages: int = 10) -> list[BulkOperation]:
+        """Our bulk query operations created in the last `days`, newest first, whatever their status (at most
+        `max_pages` pages of 50: a shop that lists more has no room for ours to run either). With the default
+        every operation still running is among them (none runs longer), so this finds the ones whose id a
+        stopped run never saved."""
         since = datetime.fromtimestamp(self._clock() - days * 86_400, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         search = f"operation_type:query created_at:>='{since}'"
-        return [BulkOperation.of(node)
-                for nodes, _ in self.graphql.connection_pages(RECENT, "bulkOperations", {"query": search}, first=50)
-                for node in nodes]
+        found: list[BulkOperation] = []
+        pages = self.graphql.connection_pages(RECENT, "bulkOperations", {"query": search}, first=50)
+        for _, (nodes, _) in zip(range(max_pages), pages, strict=False):
+            found.extend(BulkOperation.of(node) for node in nodes)
+        return found
 
     def cancel(self, operation_id: str) -> BulkOperation | None:
         """Ask Shopify to cancel; returns the operation as it is then (an ended one stays as it ended)."""
@@ -189,12 +192,14 @@ class BulkOperations:
         return None if found is None else BulkOperation.of(found)
 
     def wait(self, operation_id: str, progress: Callable[[BulkOperation], None] | None = None,
-             first_poll: float = 1.0, max_poll: float = 30.0, max_seconds: float = 10 * 24 * 3600) -> BulkOperation:
+             first_poll: float = 1.0, max_poll: float = 30.0, max_seconds: float = 10 * 24 * 3600,
+             first_seen: float | None = None) -> BulkOperation:
         """Poll until the operation ends: every `first_poll` seconds at first, doubling up to `max_poll`.
-        Raises BulkOperationStuckError if it is still running `max_seconds` after its `createdAt` (Shopify's
-        limit is 10 days; counted from when it was created, so a run that resumes the wait does not start the
-        count again), BulkOperationUnknownError if Shopify no longer knows it."""
-        polled_first = self._clock()
+        Raises BulkOperationStuckError if it is still running `max_seconds` after it began (Shopify's limit is
+        10 days): the earlier of its `createdAt` and `first_seen` (when we first knew of it, on our clock, so a
+        run that resumes the wait does not start the count again, and a `createdAt` in the future cannot hold
+        it off), BulkOperationUnknownError if Shopify no longer knows it."""
+        first_seen = self._clock() if first_seen is None else first_seen
         pause = first_poll
         while True:
             operation = self.get(operation_id)
@@ -204,7 +209,10 @@ class BulkOperations:
                 progress(operation)
             if operation.ended:
                 return operation
-            age = self._clock() - (operation.created_timestamp() or polled_first)
+            now = self._clock()
+            created = operation.created_timestamp()
+            began = min(first_seen, created) if created is not None and created <= now + 60 else first_seen
+            age = now - began
             if age > max_seconds:
                 raise BulkOperationStuckError(
                     f"bulk operation {operation_id} is still {operation.status} {age:.0f} s after it was created "

@@ -71,7 +71,8 @@ def _whole(record: dict, field: str, items: list[dict]) -> dict:
 
 def bulk_query(listing_fields: str, field: str, item_fields: str, root: str, search: str | None = None) -> str:
     """A bulk query for `root` whose records carry `listing_fields` (without their nested connection) and,
-    under `field`, every item with `item_fields`. Bulk queries take no `first` and use `edges { node }`."""
-    arguments = f"(query: {json.dumps(search)})" if search else ""  # a JSON string is a GraphQL string
-    return (f"{{ {root}{arguments} {{ edges {{ node {{ {listing_fields} "
+    under `field`, every item with `item_fields`, in id order (what lets an export that ended short be
+    continued after its last record). Bulk queries take no `first` and use `edges { node }`."""
+    arguments = "sortKey: ID" + (f", query: {json.dumps(search)}" if search else "")  # JSON strings are GraphQL's
+    return (f"{{ {root}({arguments}) {{ edges {{ node {{ {listing_fields} "
             f"{field} {{ edges {{ node {{ {item_fields} }} }} }} }} }} }} }}")

@@ -198,7 +198,7 @@ def bulk_listing_query(data_type: str, filters: dict | None = None) -> str:
 def bulk_listing_type(query: str | None) -> str | None:
     """The data type whose listing `query` exports when it is one of our bulk queries (whatever its search), so
     an operation a stopped run left behind is recognised; None for any other query."""
-    unfiltered = re.sub(r'^\{ (\w+)\(query: "(?:[^"\\]|\\.)*"\)', r"{ \1", query or "")
+    unfiltered = re.sub(r'^(\{ \w+\(sortKey: ID), query: "(?:[^"\\]|\\.)*"\)', r"\1)", query or "")
     return next((data_type for data_type in NESTED if unfiltered == bulk_listing_query(data_type)), None)
 
 
@@ -213,7 +213,7 @@ SUBJECT_TYPES = {"orders": "ORDER", "products": "PRODUCT", "customers": "CUSTOME
 
 def search_query(filters: dict) -> str | None:
     """Shopify's search syntax for a slice's filters (dates quoted, bounds inclusive; `id_after` exclusive:
-    what a bulk export still misses after the records it has)."""
+    what a bulk export still misses after the records it has; `id_max` inclusive, to count what it has)."""
     terms = []
     for key, field, op in (("created_at_min", "created_at", ">="), ("created_at_max", "created_at", "<="),
                            ("updated_at_min", "updated_at", ">=")):
@@ -221,6 +221,8 @@ def search_query(filters: dict) -> str | None:
             terms.append(f"{field}:{op}'{filters[key]}'")
     if filters.get("id_after") is not None:
         terms.append(f"id:>{int(filters['id_after'])}")
+    if filters.get("id_max") is not None:
+        terms.append(f"id:<={int(filters['id_max'])}")
     return " AND ".join(terms) or None
 
 
@@ -247,10 +249,11 @@ class GraphQLSource:
             raise UnexpectedAnswerError("Shopify's accessScopes are not a list of {handle: ...} objects")
         return {scope["handle"] for scope in scopes}
 
-    def count(self, data_type: str) -> int:
-        """Shopify's exact count (`limit: null`; the default stops at 10 000)."""
+    def count(self, data_type: str, search: str | None = None) -> int:
+        """Shopify's exact count (`limit: null`; the default stops at 10 000), of those matching `search`."""
         field = f"{data_type}Count"
-        answer = self.graphql.execute(f"query Count {{ {field}(limit: null) {{ count precision }} }}")
+        answer = self.graphql.execute(f"query Count($query: String) {{ {field}(query: $query, limit: null) "
+                                      "{ count precision } }", {"query": search})
         counted = answer.data.get(field) or {}
         count, precision = counted.get("count"), counted.get("precision") or "EXACT"
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:

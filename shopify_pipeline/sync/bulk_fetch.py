@@ -19,7 +19,6 @@ the status. ACCESS_DENIED is permanent. Every operation's end is kept in `bulk["
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -41,7 +40,13 @@ from shopify_pipeline.shopify.bulk import (
 from shopify_pipeline.shopify.bulk_records import UngroupedResultError, stitch
 from shopify_pipeline.shopify.client import UnexpectedAnswerError
 from shopify_pipeline.shopify.errors import MissingScopeError, ShopifyPermanentError
-from shopify_pipeline.shopify.sources import NESTED, GraphQLSource, bulk_listing_query, bulk_listing_type
+from shopify_pipeline.shopify.sources import (
+    NESTED,
+    GraphQLSource,
+    bulk_listing_query,
+    bulk_listing_type,
+    search_query,
+)
 from shopify_pipeline.sync.records import note_bad_records, record_problems
 
 log = logging.getLogger(__name__)
@@ -62,7 +67,7 @@ def plan_bulk(filters: dict, data_type: str, planned: int) -> dict:
     """The checkpoint entry of a bulk fetch not started yet; `planned` is Shopify's count when it was planned."""
     return {"query": bulk_listing_query(data_type, filters), "filters": filters, "operation": None, "offset": 0,
             "pages": 0, "records": 0, "op_records": 0, "op_lines": 0, "last_id": None, "ascending": True,
-            "reading": None, "history": [], "planned": planned, "done": False, "fallback": None}
+            "bad": 0, "history": [], "planned": planned, "done": False, "fallback": None}
 
 
 class BulkGiveUp(Exception):  # noqa: N818 - not an error to report: the caller falls back to paged slices
@@ -80,15 +85,19 @@ class BulkFetch:
 
     def __init__(self, source: GraphQLSource, pages: PageStore, key: str, data_type: str, state: dict,
                  save: Callable[[], None], status: Callable[[str], None], lease,
-                 poll: tuple[float, float, float], slot_wait: float = 3600.0) -> None:
+                 poll: tuple[float, float, float], slot_wait: float = 3600.0,
+                 held_elsewhere: Callable[[], set[str]] = set) -> None:
+        """`held_elsewhere` gives the operation ids this user's other checkpoints of the data type hold (another
+        sync type's paused export): never cancelled as leftovers."""
+        self.held_elsewhere = held_elsewhere
         self.source, self.pages, self.key, self.data_type = source, pages, key, data_type
         self.state, self.bulk = state, state["bulk"]
         self.save, self.status, self.lease = save, status, lease
         self.poll, self.slot_wait = poll, slot_wait
         self.operations = BulkOperations(source.graphql)
         for name, default in (("op_records", self.bulk.get("records", 0)), ("op_lines", self.bulk.get("lines", 0)),
-                              ("last_id", None), ("ascending", False), ("reading", None), ("history", []),
-                              ("filters", {})):
+                              ("last_id", None), ("ascending", False), ("history", []), ("filters", {}),
+                              ("bad", 0), ("first_seen", None)):
             self.bulk.setdefault(name, default)  # a checkpoint an earlier release saved
 
     def run(self) -> None:
@@ -122,52 +131,69 @@ class BulkFetch:
             bulk["starting_at"] = _iso_now()
             self.save()
             operation = self._start_when_a_slot_is_free()
-        bulk.update(operation=operation.id, starting_at=None, offset=0, op_records=0, op_lines=0, reading=None)
+        bulk.update(operation=operation.id, starting_at=None, first_seen=time.time(), offset=0, op_records=0,
+                    op_lines=0)
         self.save()  # the id first: a run that stops from here on polls this operation, it never starts another
         self.status(f"Bulk export of {self.data_type} started ({operation.id}).")
 
-    def _adopt_or_cancel_leftovers(self) -> BulkOperation | None:
-        """The operation an earlier run of this fetch started for exactly this query and stopped before saving
-        its id (running or completed, created after that run's `starting_at`); every other running operation
-        of ours for this data type is cancelled, so it does not hold one of the shop's bulk slots."""
-        seen = {entry["operation"] for entry in self.bulk["history"]}
-        starting_at = self.bulk.get("starting_at")
+    def _adopt_or_cancel_leftovers(self, started: str | None = None, running_only: bool = False
+                                   ) -> BulkOperation | None:
+        """The operation an earlier try started for exactly this query and lost the id of (running or
+        completed, created after `starting_at`: a run that stopped, or a start whose answer was lost); every
+        other running operation of ours for this data type that no checkpoint holds is cancelled, so it does
+        not hold one of the shop's bulk slots. `started` is an operation just started: its duplicates (a start
+        sent twice) are cancelled, and it is kept. `running_only`: adopt no operation that has ended."""
+        bulk = self.bulk
+        ours = {entry["operation"] for entry in bulk["history"]}
+        held = self.held_elsewhere()
+        starting_at = bulk.get("starting_at")
         since = _timestamp(starting_at) - CLOCK_SLACK_SECONDS if starting_at else None
         adopted = None
         for operation in self.operations.recent():  # newest first
-            if bulk_listing_type(operation.query) != self.data_type or operation.id in seen:
+            if bulk_listing_type(operation.query) != self.data_type or operation.id in held or operation.id == started:
                 continue
-            if (adopted is None and since is not None and operation.query == self.bulk["query"]
-                    and operation.status in ("CREATED", "RUNNING", "COMPLETED")
+            if (started is None and adopted is None and operation.id not in ours and since is not None
+                    and operation.query == bulk["query"]
+                    and operation.status in (("CREATED", "RUNNING") if running_only else ("CREATED", "RUNNING",
+                                                                                          "COMPLETED"))
                     and (operation.created_timestamp() or 0) >= since):
-                log.warning("adopting bulk operation %s (%s): it runs exactly our query, started by a run that "
-                            "stopped before saving its id", operation.id, operation.status)
+                log.warning("adopting bulk operation %s (%s): it runs exactly our query, started by a try that "
+                            "lost its id", operation.id, operation.status)
                 adopted = operation
             elif not operation.ended:
+                self.lease.check()  # a run that lost its lease cancels nothing of the one that has it
                 log.warning("cancelling bulk operation %s: an export of %s that no checkpoint holds (left by a "
-                            "run that stopped, or superseded)", operation.id, self.data_type)
+                            "run that stopped, started twice, or superseded)", operation.id, self.data_type)
                 self.operations.cancel(operation.id)
         return adopted
 
     def _start_when_a_slot_is_free(self) -> BulkOperation:
         first, longest, _ = self.poll
-        waited, pause = 0.0, first
+        began, pause = time.monotonic(), first
         while True:
             try:
-                return self.operations.start(self.bulk["query"], group_objects=True)
+                operation = self.operations.start(self.bulk["query"], group_objects=True)
             except BulkQueryRefusedError as error:
+                self.bulk["starting_at"] = None  # nothing was started
                 raise BulkGiveUp(str(error)) from None
             except BulkInProgressError:
-                # Other exports of this shop (another data type, another app's limit) hold every slot. Still
-                # busy after `slot_wait`: transient, so Dagster's retry or the next run tries again.
+                # Our own start, sent again after its answer was lost, may be what holds the slot.
+                adopted = self._adopt_or_cancel_leftovers(running_only=True)
+                if adopted is not None:
+                    return adopted
+                # Other exports of this shop (another data type, another app) hold every slot. Still busy after
+                # `slot_wait`: transient, so Dagster's retry or the next run tries again.
+                waited = time.monotonic() - began
                 if waited >= self.slot_wait:
                     raise
                 self.status(f"Waiting for a free bulk operation slot to export {self.data_type} "
                             f"({waited:.0f} s so far).")
                 time.sleep(pause)
-                waited += pause
                 pause = min(longest, pause * 2)
                 self.lease.check()
+                continue
+            self._adopt_or_cancel_leftovers(started=operation.id)
+            return operation
 
     # -- one operation's end -------------------------------------------------------------------------------
 
@@ -182,7 +208,8 @@ class BulkFetch:
                         "objects so far.")
 
         try:
-            operation = self.operations.wait(bulk["operation"], progress, first, longest, limit)
+            operation = self.operations.wait(bulk["operation"], progress, first, longest, limit,
+                                             first_seen=bulk.get("first_seen"))
         except BulkOperationUnknownError as error:
             return str(error)
         except BulkOperationStuckError as error:
@@ -198,13 +225,9 @@ class BulkFetch:
             return str(error)
         except BulkOperationFailedError as error:
             if operation.partial_data_url:
-                bulk["reading"] = "partial"
-                # An expired partial file: what was staged of it stays; the next operation asks for the rest.
-                with contextlib.suppress(BulkResultExpiredError):
-                    self._read(operation.partial_data_url, partial=True)
+                self._read(operation.partial_data_url, partial=True)
             return str(error)
         if url is not None:
-            bulk["reading"] = "result"
             try:
                 self._read(url, partial=False)
             except BulkResultExpiredError as error:
@@ -221,7 +244,7 @@ class BulkFetch:
         """After an operation that ended short: continue after the last staged record, or start over."""
         bulk = self.bulk
         self._remember(why)
-        if bulk["records"] and bulk["ascending"]:
+        if self._can_continue():
             bulk["query"] = bulk_listing_query(self.data_type, {**bulk["filters"], "id_after": bulk["last_id"]})
             message = (f"The bulk export of {self.data_type} ended short ({why[:200]}); {bulk['records']} records "
                        f"are kept and a new bulk operation exports those after {bulk['last_id']}.")
@@ -230,11 +253,26 @@ class BulkFetch:
             bulk["query"] = bulk_listing_query(self.data_type, bulk["filters"])
             message = (f"The bulk export of {self.data_type} ended short ({why[:200]}); a new bulk operation "
                        "exports them all again.")
-        bulk.update(operation=None, offset=0, op_records=0, op_lines=0, reading=None)
+        bulk.update(operation=None, offset=0, op_records=0, op_lines=0)
         self.save()  # saved before anything is dropped: a run that stops now drops the pages next time
         log.warning("%s", message)
         self.status(message)
         drop_discarded(self.pages, self.key, bulk, self.save, self.lease.fence)
+
+    def _can_continue(self) -> bool:
+        """Whether the staged records are every one up to the last: they came in id order (checked page by
+        page), and Shopify counts no more records up to that id than we have. Then what is missing is exactly
+        what comes after it (records created meanwhile have higher ids)."""
+        bulk = self.bulk
+        if not (bulk["records"] and bulk["ascending"]):
+            return False
+        up_to_last = self.source.count(self.data_type, search_query({**bulk["filters"], "id_max": bulk["last_id"]}))
+        if up_to_last > bulk["records"]:
+            log.warning("the bulk export of %s staged %d records up to id %s, but Shopify counts %d: the result was "
+                        "not in id order, so the export starts over", self.data_type, bulk["records"],
+                        bulk["last_id"], up_to_last)
+            return False
+        return True
 
     def _remember(self, end: str) -> None:
         bulk = self.bulk
@@ -244,8 +282,9 @@ class BulkFetch:
     # -- reading a result --------------------------------------------------------------------------------
 
     def _read(self, url: str, partial: bool) -> None:
-        """Stage the records of a result file from the saved offset; a partial file's last record is held
-        back (it may lack items; the next operation exports it again)."""
+        """Stage the records of a result file from the saved offset. A partial file's last record is held back
+        (it may lack items; the next operation exports it again), and one that cannot be read on (cut mid-line,
+        expired, refused) just ends: what it gave stays staged, the next operation asks for the rest."""
         bulk = self.bulk
         download = ResultDownload(self.source.client.settings)
         batch: list[dict] = []
@@ -262,9 +301,15 @@ class BulkFetch:
                     batch = []
             if batch:
                 self._stage(batch, resume)
-        except (UngroupedResultError, ShopifyPermanentError) as error:
-            raise BulkGiveUp(str(error)) from None  # storage refused the file (4xx): pages instead
-        except UnexpectedAnswerError as error:
+        except (UnexpectedAnswerError, ShopifyPermanentError, BulkResultExpiredError) as error:
+            if partial:
+                log.warning("reading the partial bulk result of %s stopped (%s); the next operation exports the "
+                            "rest", self.data_type, error)
+                return
+            if isinstance(error, BulkResultExpiredError):
+                raise
+            if isinstance(error, UngroupedResultError | ShopifyPermanentError):
+                raise BulkGiveUp(str(error)) from None  # storage refused the file (4xx): pages instead
             raise BulkGiveUp(f"the bulk result is broken: {error}") from None
         finally:
             download.close()
@@ -277,6 +322,7 @@ class BulkFetch:
                        f"bulk {bulk['operation']}", self.lease.fence)
         if problems:
             note_bad_records(state, problems)
+            bulk["bad"] += len(problems)
         ids = [_legacy_id(record) for record in batch]
         before = [bulk["last_id"], *ids[:-1]]
         ascending = None not in ids and all(a is None or a < b for a, b in zip(before, ids, strict=True))
@@ -291,9 +337,9 @@ class BulkFetch:
 
 def fetch_bulk(source: GraphQLSource, pages: PageStore, key: str, data_type: str, state: dict,
                save: Callable[[], None], status: Callable[[str], None], lease, poll: tuple[float, float, float],
-               slot_wait: float = 3600.0) -> None:
+               slot_wait: float = 3600.0, held_elsewhere: Callable[[], set[str]] = set) -> None:
     """Run (or resume) the bulk fetch of `state["bulk"]` to its end (see BulkFetch)."""
-    BulkFetch(source, pages, key, data_type, state, save, status, lease, poll, slot_wait).run()
+    BulkFetch(source, pages, key, data_type, state, save, status, lease, poll, slot_wait, held_elsewhere).run()
 
 
 def discard(state: dict) -> None:
@@ -303,7 +349,10 @@ def discard(state: dict) -> None:
     state["pages"] -= bulk["pages"]
     state["records"] -= bulk["records"]
     state["bad_records"] = [p for p in state.get("bad_records", []) if p["page"] // PAGES_PER_SLICE != BULK_SLICE]
-    bulk.update(pages=0, records=0, op_records=0, op_lines=0, last_id=None, ascending=True, drop_pending=True)
+    if "bad_record_count" in state:
+        state["bad_record_count"] = max(0, state["bad_record_count"] - bulk.get("bad", 0))
+    bulk.update(pages=0, records=0, op_records=0, op_lines=0, last_id=None, ascending=True, bad=0,
+                drop_pending=True)
 
 
 def drop_discarded(pages: PageStore, key: str, bulk: dict, save: Callable[[], None], fence) -> None:

@@ -26,7 +26,7 @@ from shopify_pipeline.dynamo.connections import Connection, ConnectionStore
 from shopify_pipeline.dynamo.lease import HeldLease, LeaseLostError, new_owner
 from shopify_pipeline.dynamo.pages import PAGES_PER_SLICE, PageStore, page_number, sync_key
 from shopify_pipeline.dynamo.records import RecordTable
-from shopify_pipeline.dynamo.state import Checkpoint, StateStore
+from shopify_pipeline.dynamo.state import Checkpoint, CheckpointError, StateStore
 from shopify_pipeline.errors import PermanentError, TransientError
 from shopify_pipeline.exact_json import parse_json
 from shopify_pipeline.settings import (
@@ -409,11 +409,22 @@ class SyncEngine:
                                   page=state["pages"], recordCount=state["records"], message=message)
             progress(message)
 
+        def held_elsewhere() -> set[str]:
+            """Bulk operations the user's checkpoints of this data type under other sync types hold."""
+            held = set()
+            for other in SYNC_TYPES:
+                if other != sync_type:
+                    with contextlib.suppress(CheckpointError):
+                        found = self.state.load_checkpoint(user_id, other, data_type)
+                        if found and (found.state.get("bulk") or {}).get("operation"):
+                            held.add(found.state["bulk"]["operation"])
+            return held
+
         bulk = state["bulk"]
         if not bulk["done"]:
             try:
                 fetch_bulk(source, self.pages, key, data_type, state, save, status, lease, self.options.bulk_poll,
-                           self.options.bulk_slot_wait)
+                           self.options.bulk_slot_wait, held_elsewhere)
             except BulkGiveUp as give_up:
                 slices = self._slices(source, data_type)  # Shopify first: if this fails, nothing has changed
                 message = (f"The bulk export of {data_type} gave no whole result ({give_up.reason}); fetching by "

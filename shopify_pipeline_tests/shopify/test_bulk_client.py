@@ -13,6 +13,7 @@ from shopify_pipeline.shopify.bulk import (
     BulkInProgressError,
     BulkOperationFailedError,
     BulkOperations,
+    BulkOperationStuckError,
     BulkQueryRefusedError,
     BulkResultExpiredError,
     ResultDownload,
@@ -146,3 +147,27 @@ def test_one_at_a_time_is_a_transient_in_progress_error_and_the_running_one_is_f
 def test_a_query_shopify_will_not_run_is_ours_to_fix(bulk):
     with pytest.raises(BulkQueryRefusedError, match="connection"):
         bulk.start("{ shop { name } }")
+
+
+class _Answers:
+    """A GraphQL seam that answers every poll with the same running operation."""
+
+    def __init__(self, operation: dict) -> None:
+        self.operation = operation
+
+    def execute(self, query, variables=None, expected_cost=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(data={"bulkOperation": self.operation})
+
+
+def test_a_created_at_in_the_future_cannot_keep_an_operation_from_being_stuck():
+    # A hostile or skewed shop says the operation was created next year: the age counts from when we first
+    # knew of it, so the wait still ends.
+    now = {"t": 1_800_000_000.0}
+    running = {"id": "gid://shopify/BulkOperation/1", "status": "RUNNING", "objectCount": "5",
+               "createdAt": "2099-01-01T00:00:00Z"}
+    operations = BulkOperations(_Answers(running), sleep=lambda s: now.update(t=now["t"] + s), clock=lambda: now["t"])
+    with pytest.raises(BulkOperationStuckError, match="still RUNNING"):
+        operations.wait(running["id"], first_poll=10, max_poll=60, max_seconds=600, first_seen=now["t"] - 300)
+    assert now["t"] - 1_800_000_000.0 <= 360  # stopped once 600 s had passed since it was first seen

@@ -98,6 +98,31 @@ def test_a_failed_operation_gives_its_partial_data_and_the_next_exports_only_the
     assert result.data_types["orders"].records == 600  # the held-back last record was not counted twice
 
 
+def test_a_partial_result_with_a_gap_is_not_continued_after_its_last_record_but_exported_again(service, sim,
+                                                                                               monkeypatch, caplog):
+    # Shopify promises no order in a bulk file: staged records that skip one (ids still ascending) must not be
+    # taken for "everything up to the last one".
+    from shopify_pipeline.sync import bulk_fetch
+
+    real_stage = bulk_fetch.BulkFetch._stage
+    skipped = []
+
+    def stage_without_one(self, batch, resume):
+        if not skipped:
+            skipped.append(batch.pop(3)["id"])
+        real_stage(self, batch, resume)
+
+    monkeypatch.setattr(bulk_fetch.BulkFetch, "_stage", stage_without_one)
+    sim.set_bulk_faults("bulky", BulkFaults(fail="INTERNAL_SERVER_ERROR", fail_at=0.5, partial_data=True, times=1))
+    before = _operations(sim)
+    result = service.sync("bulk-user", "manual", data_types=("orders",))
+    assert result.success, result
+    assert skipped and "not in id order, so the export starts over" in caplog.text
+    assert _queries(sim, before) == [bulk_listing_query("orders")] * 2  # everything again, not "id:>"
+    assert stored(service, "bulk-user", "orders") == graphql_truth(sim, "bulky", "orders")
+    assert result.data_types["orders"].records == 600
+
+
 def test_a_result_url_that_expires_mid_read_is_continued_by_a_new_operation(service, sim, monkeypatch):
     from shopify_pipeline.sync import bulk_fetch
 
