@@ -185,6 +185,10 @@ class OAuthClient:
                                         "the client secret is only sent to the shop itself", status)
         if status in (400, 401, 403):
             error = _json_field(text, "error") or f"HTTP {status}"
+            if error == "invalid_client":
+                raise ShopifyPermanentError(
+                    f"{where} refused the app's client id or secret (invalid_client): check the credentials behind "
+                    "the connection's client reference (the app's settings in the Partner Dashboard)", status)
             raise ReconnectError(
                 f"{where} refused to issue tokens ({error[:80]}): the refresh token or code is no longer valid, or "
                 "the app was uninstalled. Reconnect the shop: `shopify-pipeline users add … --auth expiring "
@@ -264,7 +268,7 @@ class ExpiringTokens:
                 raise RefreshBusyError(f"another process has been refreshing the tokens of {self.oauth!r} for "
                                        f"{self.wait_seconds:.0f} s; the run is tried again later")
             self._sleep(pause)
-            pause = min(1.0, pause * 2)
+            pause = min(0.5, pause * 2)
 
     def _refresh(self, stored: TokenPair) -> TokenPair:
         tries = 3
