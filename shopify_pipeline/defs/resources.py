@@ -6,12 +6,14 @@
 """
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 
 import boto3
 import dagster as dg
 from botocore.config import Config
+from dagster_aws.secretsmanager import SecretsManagerResource
 from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field, PrivateAttr
 
@@ -83,6 +85,10 @@ class ShopifyResource(dg.ConfigurableResource):
         default=_SHOPIFY_DEFAULTS.max_response_bytes,
         description="An answer larger than this fails its page before it is read into memory.",
     )
+    token_refresh_margin_seconds: float = Field(
+        default=_SHOPIFY_DEFAULTS.token_refresh_margin_seconds,
+        description="Expiring access tokens are refreshed this long before they expire.",
+    )
 
     def settings(self) -> ShopifySettings:
         """These fields as the engine's ShopifySettings; SettingsError names a bad value."""
@@ -90,6 +96,7 @@ class ShopifyResource(dg.ConfigurableResource):
             api_version=self.api_version, page_size=self.page_size, timeout_seconds=self.timeout_seconds,
             retries=self.retries, backoff_seconds=self.backoff_seconds, pacing=self.pacing,
             allow_local_shops=self.allow_local_shops, max_response_bytes=self.max_response_bytes,
+            token_refresh_margin_seconds=self.token_refresh_margin_seconds,
         ).validated()
 
 
@@ -98,6 +105,8 @@ class SyncEngineResource(dg.ConfigurableResource):
 
     dynamodb: DynamoDBResource
     shopify: ShopifyResource
+    # Tokens behind secretsmanager: references, and expiring connections' token pairs (dagster-aws's resource).
+    secrets: SecretsManagerResource | None = None
     slices: int = Field(default=SyncOptions.slices, description="Slices a full sync fetches in parallel.")
     min_records_to_slice: int = Field(
         default=SyncOptions.min_records_to_slice, description="Smaller listings are fetched as one slice."
@@ -135,7 +144,9 @@ class SyncEngineResource(dg.ConfigurableResource):
                               bulk_poll=(self.bulk_poll_seconds, self.bulk_max_poll_seconds,
                                          self.bulk_max_run_seconds),
                               bulk_slot_wait=self.bulk_slot_wait_seconds)
-        return SyncEngine(self.dynamodb.settings(), self.shopify.settings(), options, self.dynamodb.client())
+        secrets = self.secrets.get_client() if self.secrets is not None else None
+        return SyncEngine(self.dynamodb.settings(), self.shopify.settings(), options, self.dynamodb.client(),
+                          secrets=secrets)
 
 
 def _env_or(environ: Mapping[str, str], name: str, default: str) -> str | dg.EnvVar:
@@ -162,5 +173,16 @@ def resources_from_env(environ: Mapping[str, str] | None = None) -> dict[str, dg
     shopify_resource = ShopifyResource(
         api_version=shopify.api_version, page_size=shopify.page_size, timeout_seconds=shopify.timeout_seconds,
         pacing=shopify.pacing, allow_local_shops=local, max_response_bytes=shopify.max_response_bytes,
+        token_refresh_margin_seconds=shopify.token_refresh_margin_seconds,
     )
-    return {"sync_engine": SyncEngineResource(dynamodb=dynamodb, shopify=shopify_resource)}
+    secrets_endpoint = env.get("AWS_ENDPOINT_URL_SECRETS_MANAGER") if local else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # dagster-aws marks it beta; its fields are boto3's
+        secrets = SecretsManagerResource(
+            region_name=_env_or(env, "AWS_REGION", env.get("AWS_DEFAULT_REGION") or _DYNAMO_DEFAULTS.aws_region),
+            # Local: a local Secrets Manager (moto's server) when one is named, with dummy keys it does not
+            # check; AWS: boto3's default endpoint and credential chain.
+            endpoint_url=secrets_endpoint or None,
+            **({"aws_access_key_id": "local", "aws_secret_access_key": "local"} if secrets_endpoint else {}),
+        )
+    return {"sync_engine": SyncEngineResource(dynamodb=dynamodb, shopify=shopify_resource, secrets=secrets)}

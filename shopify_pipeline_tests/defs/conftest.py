@@ -8,12 +8,16 @@ from shopify_pipeline.defs.resources import DynamoDBResource, ShopifyResource, S
 from shopify_pipeline.dynamo.codec import record_key
 from shopify_pipeline.dynamo.records import RecordTable
 from shopify_pipeline.simulator import FaultConfig, ShopConfig, Simulator
+from shopify_pipeline.simulator.config import AuthConfig
 from shopify_pipeline.sync.service import SyncService
 from shopify_pipeline_tests.support.graphql_truth import graphql_truth
 
 SHOPS = [
     ShopConfig("acme", "shpat_acme", orders=700, products=40, customers=60, seed=21, plan="plus"),
     ShopConfig("small", "shpat_small", orders=60, products=5, customers=7, seed=22, plan="plus"),
+    # A public app's shop: expiring offline tokens (issue #14).
+    ShopConfig("public", "shpat_public", orders=40, products=5, customers=5, seed=23, plan="plus",
+               auth=AuthConfig("pipeline-app", "app-secret-d4c1")),
 ]
 
 

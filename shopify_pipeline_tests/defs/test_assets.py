@@ -1,9 +1,12 @@
 """Materializing user partitions with a real Dagster instance, DynamoDB Local and the simulator."""
 
 import json
+import uuid
+import warnings
 
 import dagster as dg
 import requests
+from dagster_aws.secretsmanager import SecretsManagerResource
 
 from shopify_pipeline.defs.assets import pages_key, step_key, sync_assets, sync_run_config, table_key
 from shopify_pipeline.defs.checks import sync_checks
@@ -114,6 +117,31 @@ def test_a_bulk_export_that_fails_midway_is_finished_by_a_second_operation_in_a_
     assert stored(engine, "user-acme", "orders") == source_of_truth(sim, "acme", "orders")
     assert metadata(result, pages_key("orders"))["records"] == len(sim.records("acme", "orders"))
     assert all(c.passed for c in result.get_asset_check_evaluations())
+
+
+def test_a_dagster_run_refreshes_an_expiring_token_kept_in_secrets_manager(instance, sync_engine, sim,
+                                                                           secrets_manager):
+    # Secrets Manager through dagster-aws's resource, at the local server (moto's, a real HTTP endpoint).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        secrets = SecretsManagerResource(endpoint_url=secrets_manager.endpoint_url, region_name="us-east-1",
+                                         aws_access_key_id="local", aws_secret_access_key="local")
+    resource = SyncEngineResource(dynamodb=sync_engine.dynamodb, shopify=sync_engine.shopify, secrets=secrets)
+    engine = resource.engine()
+    SyncService(engine).connect_expiring("user-public", sim.shop_url("public"), "literal:pipeline-app:app-secret-d4c1",
+                                         f"test/user-public/{uuid.uuid4().hex}",
+                                         code=sim.authorization_code("public"))
+    sim.expire_access_tokens("public")  # the run starts with a token that ran out
+    before = sim.stats("public")["auth"]["refreshes"]
+    result = materialize(instance, resource, "user-public", sync_type="initial")
+    assert result.success
+    assert sim.stats("public")["auth"]["refreshes"] == before + 1
+    for data_type in DATA_TYPES:
+        assert stored(engine, "user-public", data_type) == source_of_truth(sim, "public", data_type)
+    # Nothing secret in the run's event log (messages, metadata, config).
+    events = json.dumps([repr(record) for record in instance.all_logs(result.run_id)])
+    secret_values = [*sim.valid_access_tokens("public"), *sim.valid_refresh_tokens("public"), "app-secret-d4c1"]
+    assert not [value[:8] for value in secret_values if value in events]
 
 
 def test_a_transient_fault_is_retried_by_the_retry_policy_and_succeeds(instance, sync_engine, engine, connected,
