@@ -5,6 +5,7 @@ Nothing here talks to AWS or Shopify; the other layers receive a `Settings` and 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -190,6 +191,9 @@ class ShopifySettings:
             raise SettingsError(f"page size {self.page_size} is out of range: Shopify allows 1 to 250")
         if self.pacing not in ("adaptive", "fixed"):
             raise SettingsError(f"pacing {self.pacing!r} is unknown: use 'adaptive' (default) or 'fixed'")
+        if not (math.isfinite(self.token_refresh_margin_seconds) and 0 <= self.token_refresh_margin_seconds <= 1800):
+            raise SettingsError("the token refresh margin (SHOPIFY_TOKEN_REFRESH_MARGIN_SECONDS) must be between 0 "
+                                "and 1800 seconds (Shopify's tokens last 3600)")
         if not 0 < self.timeout_seconds <= 600:
             raise SettingsError("the Shopify timeout (SHOPIFY_TIMEOUT_SECONDS) must be between 0 and 600 seconds")
         if self.max_response_bytes < 1024 * 1024:

@@ -20,7 +20,9 @@ No token, refresh token or client secret is ever put in a message, a log line or
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,16 +30,20 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import requests
+from urllib3.util.retry import Retry
 
 from shopify_pipeline.errors import TransientError
 from shopify_pipeline.settings import ShopifySettings
 from shopify_pipeline.shopify.errors import ShopifyPermanentError, ShopifyTransientError
+from shopify_pipeline.shopify.session import DeadlineExceeded, IncompleteBody, ShopSession, TooLarge
 
 log = logging.getLogger(__name__)
 
 TOKEN_PATH = "/admin/oauth/access_token"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 OFFLINE_TOKEN_TYPE = "urn:shopify:params:oauth:token-type:offline-access-token"
+MAX_ANSWER_BYTES = 64 * 1024  # a token answer is a few hundred bytes
+MAX_LIFETIME_SECONDS = 366 * 86_400  # an expires_in beyond this is not a lifetime Shopify gives
 
 
 class ReconnectError(ShopifyPermanentError):
@@ -60,13 +66,19 @@ class TokenPair:
     expires_at: float
     refresh_token: str = field(repr=False)
     refresh_expires_at: float | None = None
+    issued_at: float | None = None
 
     def fresh(self, now: float, margin: float) -> bool:
+        """Whether it is good for more than `margin` seconds (at most half its life: a token that lives less
+        than twice the margin is not refreshed on every request)."""
+        if self.issued_at is not None:
+            margin = min(margin, (self.expires_at - self.issued_at) / 2)
         return self.expires_at - margin > now
 
     def to_json(self) -> dict:
         return {"access_token": self.access_token, "expires_at": self.expires_at,
-                "refresh_token": self.refresh_token, "refresh_expires_at": self.refresh_expires_at}
+                "refresh_token": self.refresh_token, "refresh_expires_at": self.refresh_expires_at,
+                "issued_at": self.issued_at}
 
     @classmethod
     def from_json(cls, value: object) -> TokenPair:
@@ -78,8 +90,9 @@ class TokenPair:
             raise ValueError("the stored token pair lacks its access_token or refresh_token")
         if isinstance(expires, bool) or not isinstance(expires, int | float):
             raise ValueError("the stored token pair's expires_at is not a number")
-        later = value.get("refresh_expires_at")
-        return cls(access, float(expires), refresh, float(later) if isinstance(later, int | float) else None)
+        later, issued = value.get("refresh_expires_at"), value.get("issued_at")
+        return cls(access, float(expires), refresh, float(later) if isinstance(later, int | float) else None,
+                   float(issued) if isinstance(issued, int | float) and not isinstance(issued, bool) else None)
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,10 @@ class RefreshLock(Protocol):
 
     def acquire(self) -> object | None: ...
 
+    def held(self, handle: object) -> bool:
+        """Whether the lock behind `handle` is still ours."""
+        ...
+
     def release(self, handle: object) -> None: ...
 
 
@@ -146,8 +163,11 @@ class OAuthClient:
         self.url = base_url.rstrip("/") + TOKEN_PATH
         self.credentials = credentials
         self._clock = clock
-        self._session = requests.Session()
-        self._session.headers.update({"Accept": "application/json", "User-Agent": "shopify_pipeline/0.1"})
+        # One deadline per request (not per socket read), no redirects, no urllib3 retries (ours are explicit),
+        # and an answer larger than a token answer can be is not read.
+        self._session = ShopSession({"Accept": "application/json", "User-Agent": "shopify_pipeline/0.1"},
+                                    Retry(total=0, redirect=False, raise_on_status=False),
+                                    self.settings.timeout_seconds, MAX_ANSWER_BYTES)
 
     def __repr__(self) -> str:
         return f"OAuthClient({urlsplit(self.url).netloc!r})"
@@ -171,34 +191,41 @@ class OAuthClient:
     def _grant(self, fields: dict[str, str]) -> TokenPair:
         body = {"client_id": self.credentials.client_id, "client_secret": self.credentials.client_secret, **fields}
         where = urlsplit(self.url).netloc
+        answer = failure = None
         try:
-            answer = self._session.post(self.url, json=body, timeout=self.settings.timeout_seconds,
-                                        allow_redirects=False)
-            text = answer.content[:20_000]
-        except requests.RequestException as error:
-            raise ShopifyTransientError(f"{type(error).__name__} asking {where} for new tokens") from None
-        status = answer.status_code
+            answer = self._session.send("POST", self.url, body)
+        except (requests.RequestException, DeadlineExceeded, IncompleteBody, TooLarge) as error:
+            # Raised below, outside this block: the request (its body holds the secret) stays out of the
+            # exception's context.
+            failure = ShopifyTransientError(f"{type(error).__name__} asking {where} for new tokens")
+        if failure is not None:
+            raise failure
+        status, text = answer.status_code, answer.content
         if status >= 500 or status == 429:
             raise ShopifyTransientError(f"{where} answered {status} to the token request", status)
         if 300 <= status < 400:
             raise ShopifyPermanentError(f"{where} answered the token request with a redirect ({status}); refused: "
                                         "the client secret is only sent to the shop itself", status)
-        if status in (400, 401, 403):
-            error = _json_field(text, "error") or f"HTTP {status}"
+        if status >= 400:
+            error = _json_field(text, "error")
             if error == "invalid_client":
                 raise ShopifyPermanentError(
                     f"{where} refused the app's client id or secret (invalid_client): check the credentials behind "
                     "the connection's client reference (the app's settings in the Partner Dashboard)", status)
-            raise ReconnectError(
-                f"{where} refused to issue tokens ({error[:80]}): the refresh token or code is no longer valid, or "
-                "the app was uninstalled. Reconnect the shop: `shopify-pipeline users add … --auth expiring "
-                "--code …` with a new authorization code.", status)
-        if status != 200:
-            raise ShopifyPermanentError(f"{where} answered {status} to the token request", status)
+            if error in ("invalid_grant", "invalid_request", "missing_subject_token"):
+                raise ReconnectError(
+                    f"{where} refused to issue tokens ({error}): the refresh token or code is no longer valid, or "
+                    "the app was uninstalled. Reconnect the shop: `shopify-pipeline users add … --auth expiring "
+                    "--code …` with a new authorization code.", status)
+            # Not Shopify's OAuth answer (an edge or proxy page): nothing says the tokens are gone.
+            raise ShopifyTransientError(f"{where} answered {status} to the token request "
+                                        f"({error or 'not an OAuth error'})", status)
         try:
-            value = requests.models.complexjson.loads(text)
+            value = json.loads(text)
         except ValueError:
-            raise ShopifyTransientError(f"{where}'s token answer is not JSON", status) from None
+            value = None
+        if value is None:
+            raise ShopifyTransientError(f"{where}'s token answer is not JSON", status)
         return self._pair(value, where)
 
     def _pair(self, value: object, where: str) -> TokenPair:
@@ -210,12 +237,14 @@ class OAuthClient:
         if not (isinstance(refresh, str) and _token_shaped(refresh)):
             raise ReconnectError(f"{where} issued a token that does not expire (no refresh_token): ask for an "
                                  "expiring token (`expiring=1`), or connect the shop with --auth static")
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+        if (isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or not math.isfinite(lifetime)
+                or not 0 < lifetime <= MAX_LIFETIME_SECONDS):
             raise ShopifyTransientError(f"{where}'s token answer has no usable expires_in")
         now = self._clock()
         refresh_life = value.get("refresh_token_expires_in")
-        refresh_at = now + refresh_life if isinstance(refresh_life, int | float) and refresh_life > 0 else None
-        return TokenPair(access, now + float(lifetime), refresh, refresh_at)
+        refresh_at = (now + refresh_life if isinstance(refresh_life, int | float) and not isinstance(refresh_life, bool)
+                      and math.isfinite(refresh_life) and refresh_life > 0 else None)
+        return TokenPair(access, now + float(lifetime), refresh, refresh_at, issued_at=now)
 
 
 class ExpiringTokens:
@@ -241,8 +270,12 @@ class ExpiringTokens:
 
     def rejected(self, token: str) -> str | None:
         """Shopify refused `token` (401): the pair another process stored since, or a new one."""
-        pair = self._fresh(lambda stored: stored.access_token != token)
+        pair = self._fresh(lambda stored: stored.access_token != token
+                           and stored.fresh(self._clock(), self.margin_seconds))
         return pair.access_token
+
+    def close(self) -> None:
+        self.oauth.close()
 
     def _fresh(self, usable: Callable[[TokenPair], bool]) -> TokenPair:
         """A usable pair: the stored one if it is, else one this process refreshes under the lock, or that the
@@ -259,9 +292,10 @@ class ExpiringTokens:
                 try:
                     stored = self.vault.load()  # the last holder may have stored a new pair just before
                     if not usable(stored):
-                        stored = self._refresh(stored)
-                    self._pair = stored
-                    return stored
+                        stored = self._refresh(stored, handle)
+                    if stored is not None:
+                        self._pair = stored
+                        return stored
                 finally:
                     self.lock.release(handle)
             if self._clock() >= deadline:
@@ -270,18 +304,31 @@ class ExpiringTokens:
             self._sleep(pause)
             pause = min(0.5, pause * 2)
 
-    def _refresh(self, stored: TokenPair) -> TokenPair:
+    def _refresh(self, stored: TokenPair, handle: object) -> TokenPair | None:
+        """A new pair, stored; None when the lock was lost meanwhile (the new pair is dropped unused, so the
+        refresh token the new holder uses stays valid: Shopify keeps it until its replacement is used)."""
         tries = 3
         for attempt in range(tries):
             try:
                 pair = self.oauth.refresh(stored.refresh_token)
                 break
+            except ReconnectError:
+                # Another holder (whose lock had run out) may have refreshed with this token and stored the
+                # result: then that pair is the one to use, and nothing is lost.
+                latest = self.vault.load()
+                if latest.refresh_token != stored.refresh_token:
+                    return latest
+                raise
             except TransientError:
                 # Safe to ask again with the same refresh token: Shopify keeps it valid until its
                 # replacement is used, so a lost answer costs nothing.
                 if attempt == tries - 1:
                     raise
                 self._sleep(min(4.0, 1.0 * 2 ** attempt))
+        if not self.lock.held(handle):
+            log.warning("lost the token refresh lock of %s while refreshing; the new tokens are dropped unused",
+                        self.oauth)
+            return None
         self.vault.save(pair)  # stored before it is used: a process that dies now loses nothing
         self.refreshes += 1
         log.info("refreshed the access token of %s (valid %.0f s)", self.oauth, pair.expires_at - self._clock())
@@ -294,7 +341,7 @@ def _token_shaped(text: str) -> bool:
 
 def _json_field(body: bytes, name: str) -> str | None:
     try:
-        value = requests.models.complexjson.loads(body)
+        value = json.loads(body)
     except ValueError:
         return None
     found = value.get(name) if isinstance(value, dict) else None

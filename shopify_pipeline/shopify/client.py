@@ -230,6 +230,9 @@ class ShopifyClient:
 
     def close(self) -> None:
         self._session.close()
+        close_tokens = getattr(self.tokens, "close", None)  # expiring tokens hold the OAuth endpoint's session
+        if close_tokens is not None:
+            close_tokens()
 
     # URLs ----------------------------------------------------------------------------------------
 

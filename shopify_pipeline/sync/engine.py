@@ -191,8 +191,10 @@ class SyncEngine:
         shopify = self.shopify_settings
         credentials = resolve_client_credentials(connection.client_ref, self.secrets)
         oauth = OAuthClient(shop_base_url(connection.shop, shopify.allow_local_shops), credentials, shopify)
-        return ExpiringTokens(SecretsManagerVault(self.secrets, token_secret_id(connection.token_ref)),
-                              LeaseRefreshLock(self.state.leases, connection.user_id), oauth,
+        secret_id = token_secret_id(connection.token_ref)
+        # The lock is the pair's, not the user's: every connection sharing the secret refreshes under it.
+        return ExpiringTokens(SecretsManagerVault(self.secrets, secret_id),
+                              LeaseRefreshLock(self.state.leases, secret_id), oauth,
                               margin_seconds=shopify.token_refresh_margin_seconds)
 
     def page_source(self, connection: Connection, sync_type: str | None = None) -> PageSource:

@@ -279,6 +279,7 @@ class SyncService:
         reference to a refresh token the app already holds; or `static_token_ref`, the shop's non-expiring
         token, exchanged for an expiring pair (the migration path). The pair is stored in the Secrets Manager
         secret `token_secret` (default `shopify-pipeline/<user>/tokens`) before the connection names it."""
+        from shopify_pipeline.settings import SettingsError
         from shopify_pipeline.shopify.auth import OAuthClient
         from shopify_pipeline.shopify.client import shop_base_url
         from shopify_pipeline.sync.tokens import (
@@ -291,8 +292,6 @@ class SyncService:
         sources = [name for name, value in (("code", code), ("refresh_token_ref", refresh_token_ref),
                                             ("static_token_ref", static_token_ref)) if value]
         if len(sources) != 1:
-            from shopify_pipeline.settings import SettingsError
-
             raise SettingsError("an expiring connection needs exactly one of: --code (the authorization code of the "
                                 "app's OAuth redirect), --refresh-token-ref, or --migrate-token-ref (a static "
                                 "token to exchange)")
@@ -300,10 +299,22 @@ class SyncService:
         token_ref = f"secretsmanager:{token_secret or f'shopify-pipeline/{user_id}/tokens'}"
         check_token_ref(token_ref)
         check_token_ref(client_ref)
-        # The connection itself is checked (shop, replace) before Shopify is asked: a code is single use.
+        # Everything is checked before Shopify is asked (a code is single use): the connection (shop, replace),
+        # that no other connection refreshes this shop's tokens from another secret (each refresh would revoke
+        # the other's), the app's credentials, and that the secret can be written.
         self.add_connection(user_id, shop, token_ref, replace=replace, api=api, dry_run=True)
         engine = self.engine
+        new_base = shop_base_url(shop, engine.shopify_settings.allow_local_shops)
+        for other in self.list_connections():
+            if (other.user_id != user_id and other.auth == "expiring" and other.token_ref != token_ref
+                    and shop_base_url(other.shop, allow_local=True) == new_base):
+                raise SettingsError(
+                    f"{other.user_id} already keeps this shop's expiring tokens in {other.token_ref}: Shopify keeps "
+                    "one token per app and shop, so two pairs would revoke each other. Connect with --token-secret "
+                    f"{other.token_ref.removeprefix('secretsmanager:')} to share it.")
         credentials = resolve_client_credentials(client_ref, engine.secrets)
+        vault = SecretsManagerVault(engine.secrets, token_secret_id(token_ref))
+        vault.ensure_writable()
         oauth = OAuthClient(shop_base_url(shop, engine.shopify_settings.allow_local_shops), credentials,
                             engine.shopify_settings)
         try:
@@ -315,7 +326,7 @@ class SyncService:
                 pair = oauth.exchange_static_token(resolve_token(static_token_ref or "", engine.secrets))
         finally:
             oauth.close()
-        SecretsManagerVault(engine.secrets, token_secret_id(token_ref)).save(pair)  # stored before it is named
+        vault.save(pair)  # stored before the connection names it
         return self.add_connection(user_id, shop, token_ref, replace=replace, api=api, auth="expiring",
                                    client_ref=client_ref)
 

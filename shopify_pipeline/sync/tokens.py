@@ -10,8 +10,8 @@ import json
 import os
 import re
 
-from shopify_pipeline.dynamo.lease import Fence, LeaseHeldError, LeaseStore, new_owner
-from shopify_pipeline.errors import PermanentError
+from shopify_pipeline.dynamo.lease import HeldLease, LeaseHeldError, LeaseLostError, LeaseStore, new_owner
+from shopify_pipeline.errors import PermanentError, TransientError
 from shopify_pipeline.shopify.auth import ClientCredentials, TokenPair
 
 SCHEMES = ("env", "secretsmanager", "literal")
@@ -191,13 +191,16 @@ class SecretsManagerVault:
         return f"SecretsManagerVault({self.secret_id!r})"
 
     def load(self) -> TokenPair:
+        failure = None
         try:
             text = self._client.get_secret_value(SecretId=self.secret_id)["SecretString"]
-        except Exception as error:  # noqa: BLE001 - the operator's next step is the same
-            raise TokenUnavailableError(
-                f"cannot read the token pair from Secrets Manager secret {self.secret_id} "
-                f"({type(error).__name__}); connect the shop with `shopify-pipeline users add … --auth expiring`"
-            ) from None
+        except Exception as error:  # noqa: BLE001 - sorted below, and nothing of it is kept
+            failure = _secrets_failure(error, f"cannot read the token pair from Secrets Manager secret "
+                                       f"{self.secret_id}", "restore the secret or the role's "
+                                       "secretsmanager:GetSecretValue, or connect the shop again (`users add … "
+                                       "--auth expiring`)")
+        if failure is not None:
+            raise failure
         try:
             return TokenPair.from_json(json.loads(text))
         except ValueError as error:
@@ -206,29 +209,85 @@ class SecretsManagerVault:
 
     def save(self, pair: TokenPair) -> None:
         text = json.dumps(pair.to_json())
+        failure = None
         try:
-            self._client.put_secret_value(SecretId=self.secret_id, SecretString=text)
+            try:
+                self._client.put_secret_value(SecretId=self.secret_id, SecretString=text)
+            except self._client.exceptions.ResourceNotFoundException:
+                self._client.create_secret(Name=self.secret_id, SecretString=text, Description=SECRET_DESCRIPTION)
+        except Exception as error:  # noqa: BLE001 - sorted below, and nothing of it (the request!) is kept
+            failure = _secrets_failure(error, f"cannot store the token pair in Secrets Manager secret "
+                                       f"{self.secret_id}", "give the role secretsmanager:PutSecretValue and "
+                                       "CreateSecret on it")
+        if failure is not None:
+            raise failure
+
+    def ensure_writable(self) -> None:
+        """Create the secret (empty of tokens) if it does not exist yet, so that a missing permission shows
+        before a single-use authorization code is spent."""
+        failure = None
+        try:
+            self._client.describe_secret(SecretId=self.secret_id)
         except self._client.exceptions.ResourceNotFoundException:
-            self._client.create_secret(Name=self.secret_id, SecretString=text,
-                                       Description="shopify_pipeline: a shop's expiring access token pair")
+            try:
+                self._client.create_secret(Name=self.secret_id, SecretString="{}", Description=SECRET_DESCRIPTION)
+            except Exception as error:  # noqa: BLE001
+                failure = _secrets_failure(error, f"cannot create Secrets Manager secret {self.secret_id}",
+                                           "give the role secretsmanager:CreateSecret on it")
+        except Exception as error:  # noqa: BLE001
+            failure = _secrets_failure(error, f"cannot read Secrets Manager secret {self.secret_id}",
+                                       "give the role secretsmanager:DescribeSecret and GetSecretValue on it")
+        if failure is not None:
+            raise failure
+
+
+SECRET_DESCRIPTION = "shopify_pipeline: a shop's expiring access token pair"
+# Secrets Manager errors that pass: try again later, not "reconnect".
+_PASSING = ("ThrottlingException", "InternalServiceError", "RequestTimeout", "ServiceUnavailable")
+
+
+def _secrets_failure(error: Exception, what: str, fix: str) -> Exception:
+    """A typed error for a Secrets Manager failure, naming its type only (never the request)."""
+    code = getattr(error, "response", {}).get("Error", {}).get("Code") if hasattr(error, "response") else None
+    name = code or type(error).__name__
+    if code in _PASSING or code is None and not isinstance(error, ValueError | KeyError):
+        # throttling, AWS's 5xx, timeouts and connection errors (botocore raises those without a code)
+        return TokenStoreUnavailableError(f"{what} ({name}); the sync is tried again later")
+    return TokenUnavailableError(f"{what} ({name}): {fix}")
+
+
+class TokenStoreUnavailableError(TransientError):
+    """Secrets Manager did not answer, or throttled: transient."""
 
 
 class LeaseRefreshLock:
-    """The refresh lock of one user's shop: a lease item (`lease_token_refresh`) in the checkpoints table,
-    taken with a conditional write by one holder at a time (each acquisition its own owner, so two threads
-    of one process exclude each other too). A holder that dies frees it when the lease expires."""
+    """The refresh lock of one token pair: a lease item (`lease_token_refresh` under the key
+    `token:<secret id>`) in the checkpoints table, so every connection and process that refreshes that pair
+    shares it. Taken with a conditional write by one holder at a time (each acquisition its own owner, so two
+    threads of one process exclude each other too), renewed by a heartbeat while the holder refreshes, and
+    checked before the new pair is stored: a holder that lost it stores nothing. A holder that dies frees it
+    when the lease expires (at once for a dead process of this host)."""
 
     DATA_TYPE = "token_refresh"
 
-    def __init__(self, leases: LeaseStore, user_id: str, seconds: float = 120.0) -> None:
-        self.leases, self.user_id, self.seconds = leases, user_id, seconds
+    def __init__(self, leases: LeaseStore, secret_id: str, seconds: float = 60.0) -> None:
+        self.leases, self.key, self.seconds = leases, f"token:{secret_id}", seconds
 
-    def acquire(self) -> Fence | None:
+    def acquire(self) -> HeldLease | None:
+        held = HeldLease(self.leases, self.key, self.DATA_TYPE, new_owner(), self.seconds, self.seconds / 4)
         try:
-            return self.leases.acquire(self.user_id, self.DATA_TYPE, new_owner(), self.seconds)
+            return held.__enter__()
         except LeaseHeldError:
             return None
 
+    def held(self, handle: object) -> bool:
+        """Whether `handle`'s lease is still ours (a consistent read)."""
+        try:
+            handle.check()
+        except LeaseLostError:
+            return False
+        return True
+
     def release(self, handle: object) -> None:
-        if isinstance(handle, Fence):
-            self.leases.release(handle)
+        if isinstance(handle, HeldLease):
+            handle.__exit__(None, None, None)

@@ -13,13 +13,15 @@ import time
 
 import pytest
 
-from shopify_pipeline.settings import ShopifySettings
-from shopify_pipeline.shopify.auth import ReconnectError
+from shopify_pipeline.settings import SettingsError, ShopifySettings
+from shopify_pipeline.shopify.auth import ClientCredentials, ExpiringTokens, OAuthClient, ReconnectError
+from shopify_pipeline.shopify.errors import ShopifyTransientError
 from shopify_pipeline.simulator import ShopConfig, Simulator
 from shopify_pipeline.simulator.config import AuthConfig, AuthFaults, FaultConfig
 from shopify_pipeline.sync.engine import SyncEngine, SyncOptions
 from shopify_pipeline.sync.service import SyncService
 from shopify_pipeline_tests.support.graphql_truth import graphql_truth
+from shopify_pipeline_tests.support.hostile_server import HostileServer, Huge, Trickle, rule_for
 from shopify_pipeline_tests.sync.conftest import stored
 
 CLIENT = AuthConfig("pipeline-app", "app-secret-7f3a", access_token_seconds=3600.0)
@@ -206,3 +208,80 @@ def _child(settings, secrets_manager, user: str, start_at: float, point: str | N
     command = [sys.executable, "-m", "shopify_pipeline_tests.support.token_child", user, str(start_at)]
     return subprocess.Popen([*command, *([point] if point else [])], env=_env(settings, secrets_manager),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# Hostile and unlucky cases (review of issue #14) ---------------------------------------------------------
+
+
+class _MemoryVault:
+    def __init__(self, pair) -> None:
+        self.pair, self.saved = pair, []
+
+    def load(self):
+        return self.pair
+
+    def save(self, pair) -> None:
+        self.pair = pair
+        self.saved.append(pair)
+
+
+class _LockLostOnce:
+    """A refresh lock whose first holder finds it lost by the time Shopify answered (its lease ran out)."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+
+    def acquire(self):
+        self.acquired += 1
+        return self.acquired
+
+    def held(self, handle) -> bool:
+        return handle > 1
+
+    def release(self, handle) -> None:
+        pass
+
+
+def test_a_refresher_that_lost_its_lock_stores_nothing_and_the_next_refresh_still_works(sim):
+    # The first holder's answer came after its lease ran out: storing that pair could overwrite a newer one.
+    # It is dropped unused, so the refresh token stays valid for the next holder (Shopify keeps it until its
+    # replacement is used).
+    oauth = OAuthClient(sim.shop_url("fleet"), ClientCredentials(CLIENT.client_id, CLIENT.client_secret), SHOPIFY)
+    first = oauth.exchange_code(sim.authorization_code("fleet"))
+    sim.expire_access_tokens("fleet")
+    vault, lock = _MemoryVault(first), _LockLostOnce()
+    tokens = ExpiringTokens(vault, lock, oauth, margin_seconds=0.5, sleep=lambda s: None)
+    before = _auth(sim, "fleet")["refreshes"]
+    token = tokens.rejected(first.access_token)  # Shopify answered 401 to it
+    assert lock.acquired == 2 and len(vault.saved) == 1 and vault.pair.access_token == token
+    assert _auth(sim, "fleet")["refreshes"] - before == 2  # the dropped pair, then the stored one
+    assert token in sim.valid_access_tokens("fleet")
+    oauth.close()
+
+
+@pytest.mark.parametrize("action", [Huge(size=50 * 1024 * 1024), Trickle(body=b'{"access_token":"x"}', interval=0.2)],
+                         ids=["huge-answer", "trickled-answer"])
+def test_a_hostile_token_endpoint_cannot_hold_or_flood_the_refresh(action):
+    with HostileServer() as server:
+        server.script(rule_for("/admin/oauth/access_token", action))
+        settings = ShopifySettings(allow_local_shops=True, timeout_seconds=1.0)
+        oauth = OAuthClient(server.url, ClientCredentials("app", "secret-never-shown"), settings)
+        started = time.monotonic()
+        with pytest.raises(ShopifyTransientError) as raised:
+            oauth.refresh("shprt_whatever")
+        oauth.close()
+    assert time.monotonic() - started < 5
+    assert "secret-never-shown" not in str(raised.value) and raised.value.__context__ is None
+
+
+def test_a_second_connection_of_the_shop_with_its_own_token_secret_is_refused(service, sim):
+    _connect(service, sim, "judy", "migrating")
+    with pytest.raises(SettingsError, match="would revoke each other"):
+        service.connect_expiring("ken", sim.shop_url("migrating"), CLIENT_REF, f"test/ken/{time.time_ns()}",
+                                 code=sim.authorization_code("migrating"))
+
+
+@pytest.mark.parametrize("margin", [float("nan"), 3600.0, -1.0])
+def test_a_refresh_margin_that_would_refresh_on_every_request_is_refused(margin):
+    with pytest.raises(SettingsError, match="SHOPIFY_TOKEN_REFRESH_MARGIN_SECONDS"):
+        ShopifySettings(token_refresh_margin_seconds=margin).validated()
