@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -80,6 +81,19 @@ def _print_added(args: argparse.Namespace, service, connection) -> None:
     _print(args, {**connection.public(), "notice": notice},
            f"added {connection.user_id} → {connection.shop} ({connection.api.upper()}, {connection.auth} token)"
            + (f"\n{notice}" if notice else ""))
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    from shopify_pipeline.sync.tokens import resolve_token
+    from shopify_pipeline.webhooks.handler import WebhookHandler
+    from shopify_pipeline.webhooks.server import WebhookServer
+
+    engine = _service().engine
+    server = WebhookServer(WebhookHandler(engine, resolve_token(args.secret_ref, engine.secrets)), port=args.port)
+    print(f"serving Shopify webhooks at {server.url} (Ctrl-C to stop)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
 
 
 def _users(args: argparse.Namespace) -> int:
@@ -253,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--refresh-token-ref", help="expiring: where a refresh token the app already holds is")
     users.add_argument("--migrate-token-ref", help="expiring: where the shop's static (non-expiring) token is, to "
                        "exchange for an expiring pair (public apps' migration)")
+
+    webhooks = command("webhooks", _webhooks, "serve Shopify webhooks locally (development, the demo)", user=False)
+    webhooks.add_argument("action", choices=("serve",))
+    webhooks.add_argument("--port", type=int, default=8081, help="port on 127.0.0.1 (default 8081)")
+    webhooks.add_argument("--secret-ref", required=True,
+                          help="where the app's client secret (the HMAC key) is: env:VAR, secretsmanager:ID")
 
     sync = command("sync", _sync, "sync one user now (fetch and load), with progress")
     sync.add_argument("--type", choices=SYNC_TYPE_CHOICES, default=AUTO,

@@ -49,6 +49,7 @@ class TableNames:
     pages: str = "sync_pages"
     connections: str = "shopify_connections"
     documents: str = "shopify_document_chunks"
+    webhook_events: str = "shopify_webhook_events"  # webhook deliveries applied (by event id), with a TTL
 
     def records(self, data_type: str) -> str:
         """The record table of one data type (orders, products, customers)."""
@@ -69,6 +70,7 @@ _TABLE_ENV = (
     ("pages", "SYNC_PAGES_TABLE"),
     ("connections", "SHOPIFY_CONNECTIONS_TABLE"),
     ("documents", "SHOPIFY_DOCUMENT_CHUNKS_TABLE"),
+    ("webhook_events", "SHOPIFY_WEBHOOK_EVENTS_TABLE"),
 )
 
 

@@ -52,6 +52,7 @@ class Connection:
     # secret are; shopify/auth.py refreshes the pair).
     auth: str = "static"
     client_ref: str | None = None
+    disconnected_at: str | None = None  # when the merchant uninstalled the app (a webhook said so)
 
     def stored_shape(self, data_type: str) -> str | None:
         """The shape (graphql or rest) of this user's `data_type` documents in DynamoDB, as written by the
@@ -128,6 +129,12 @@ class ConnectionStore:
                 return sorted(connections, key=lambda c: c.user_id)
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def mark_disconnected(self, user_id: str, at: str) -> None:
+        """The merchant uninstalled the app (`app/uninstalled`): scheduled syncs skip the user until it is
+        connected again (`users add`, which writes the connection anew). Its data is kept."""
+        self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression="SET disconnectedAt = :at",
+                   ExpressionAttributeValues={":at": {"S": at}})
+
     def remove(self, user_id: str) -> bool:
         old = self._call("delete_item", Key={"userId": {"S": user_id}}, ReturnValues="ALL_OLD")
         return "Attributes" in old
@@ -175,4 +182,4 @@ def _connection(item: dict) -> Connection:
     return Connection(data["userId"], data["shop"], data["tokenRef"], data.get("createdAt"),
                       data.get("lastSync", {}), data.get("highWater", {}), data.get("lastFailedRun"),
                       data.get("api", "rest"), data.get("shapes", {}), data.get("auth", "static"),
-                      data.get("clientRef"))
+                      data.get("clientRef"), data.get("disconnectedAt"))

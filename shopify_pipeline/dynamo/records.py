@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
-from shopify_pipeline.dynamo.client import translate_errors
-from shopify_pipeline.dynamo.codec import decode_record
+from botocore.exceptions import ClientError
+
+from shopify_pipeline.dynamo.client import DynamoThrottledError, error_code, translate_errors
+from shopify_pipeline.dynamo.codec import decode_record, encode_record
 from shopify_pipeline.dynamo.state import BlobStore
 from shopify_pipeline.settings import Settings
 
@@ -70,3 +73,79 @@ class RecordTable:
             if "LastEvaluatedKey" not in page:
                 return total
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+class StaleChangeError(Exception):  # noqa: N818 - an outcome, not a failure: the caller reports it
+    """A change older than the stored record, or of a record deleted since (its tombstone stands)."""
+
+
+class RecordChanges:
+    """Single-record changes from webhooks, safe against Shopify's at-least-once, unordered delivery:
+
+    - an upsert lands only if the stored copy is not newer (`updatedAt`) and the record has no tombstone;
+    - a delete removes the record and writes a tombstone (`tombstone_{type}_{id}` in `sync_checkpoints`, with a
+      TTL longer than Shopify's retries) in one transaction, so a late `update` cannot bring it back.
+    Syncs write records in batches and do not look at tombstones: a deleted record a sync still saw is
+    removed by that sync's deletion events or the next one.
+    """
+
+    TOMBSTONE_DAYS = 30  # Shopify retries a delivery for 4 hours; a stale one cannot come later than this
+
+    def __init__(self, client, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+
+    def _tombstone_key(self, user_id: str, data_type: str, record_id: int) -> dict:
+        return {"userId": {"S": user_id}, "syncType": {"S": f"tombstone_{data_type}_{record_id}"}}
+
+    def upsert(self, user_id: str, data_type: str, doc: dict) -> None:
+        """Store `doc` unless the stored copy is newer or the record was deleted (StaleChangeError)."""
+        table = self._settings.tables.records(data_type)
+        encoded = encode_record(table, user_id, data_type, doc, self._settings.max_item_bytes,
+                                native=self._settings.document_format == "native")
+        with translate_errors(self._settings.tables.documents, self._client.meta.endpoint_url):
+            for chunk in encoded.chunks:  # chunks first: the record item never points at missing chunks
+                self._client.put_item(TableName=self._settings.tables.documents, Item=chunk)
+        condition = "attribute_not_exists(id)"
+        values = {}
+        if "updatedAt" in encoded.item:
+            condition += " OR attribute_not_exists(updatedAt) OR updatedAt <= :u"
+            values[":u"] = encoded.item["updatedAt"]
+        put = {"TableName": table, "Item": encoded.item, "ConditionExpression": condition}
+        if values:
+            put["ExpressionAttributeValues"] = values
+        self._transact(table, [
+            {"ConditionCheck": {"TableName": self._settings.tables.checkpoints,
+                                "Key": self._tombstone_key(user_id, data_type, encoded.record_id),
+                                "ConditionExpression": "attribute_not_exists(userId)"}},
+            {"Put": put},
+        ], f"{data_type} {encoded.record_id}")
+
+    def delete(self, user_id: str, data_type: str, record_id: int, deleted_at: str) -> None:
+        """Delete the record and leave its tombstone (both or neither)."""
+        table = self._settings.tables.records(data_type)
+        ttl = int(time.time()) + self.TOMBSTONE_DAYS * 86_400
+        self._transact(table, [
+            {"Put": {"TableName": self._settings.tables.checkpoints,
+                     "Item": {**self._tombstone_key(user_id, data_type, record_id), "deletedAt": {"S": deleted_at},
+                              "ttl": {"N": str(ttl)}}}},
+            {"Delete": {"TableName": table, "Key": {"userId": {"S": user_id}, "id": {"N": str(record_id)}}}},
+        ], f"{data_type} {record_id}")
+
+    def deleted(self, user_id: str, data_type: str, record_id: int) -> bool:
+        with translate_errors(self._settings.tables.checkpoints, self._client.meta.endpoint_url):
+            found = self._client.get_item(TableName=self._settings.tables.checkpoints, ConsistentRead=True,
+                                          Key=self._tombstone_key(user_id, data_type, record_id)).get("Item")
+        return found is not None
+
+    def _transact(self, table: str, items: list[dict], what: str) -> None:
+        with translate_errors(table, self._client.meta.endpoint_url):
+            try:
+                self._client.transact_write_items(TransactItems=items)
+            except ClientError as error:
+                reasons = [r.get("Code") for r in error.response.get("CancellationReasons", [])]
+                if error_code(error) == "TransactionCanceledException" and "ConditionalCheckFailed" in reasons:
+                    raise StaleChangeError(f"{what}: the stored copy is newer, or the record was deleted") from None
+                if error_code(error) == "TransactionCanceledException" and "TransactionConflict" in reasons:
+                    raise DynamoThrottledError(f"{what}: a concurrent change of the same record; try again") from None
+                raise

@@ -26,6 +26,8 @@ def table_specs(names: TableNames) -> list[TableSpec]:
         TableSpec(names.pages, ("syncKey", "S"), ("page", "N"), ttl_attribute="ttl"),
         TableSpec(names.connections, ("userId", "S")),
         TableSpec(names.documents, ("documentKey", "S"), ("chunk", "N"), ttl_attribute="ttl"),
+        # Webhook deliveries already applied, the layout of Powertools' DynamoDB idempotency store.
+        TableSpec(names.webhook_events, ("id", "S"), ttl_attribute="expiration"),
     ]
 
 

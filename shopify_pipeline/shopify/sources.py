@@ -223,6 +223,8 @@ def search_query(filters: dict) -> str | None:
         terms.append(f"id:>{int(filters['id_after'])}")
     if filters.get("id_max") is not None:
         terms.append(f"id:<={int(filters['id_max'])}")
+    if filters.get("id") is not None:
+        terms.append(f"id:{int(filters['id'])}")
     return " AND ".join(terms) or None
 
 

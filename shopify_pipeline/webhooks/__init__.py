@@ -1,0 +1,1 @@
+"""Shopify webhooks: one handler (verify, dedupe, apply) with doors for HTTPS and EventBridge (issue #15)."""

@@ -1,0 +1,75 @@
+"""`shopify-pipeline webhooks serve`: the HTTPS door as a local HTTP server, for development and the demo.
+
+Every POST is one delivery: the raw body and Shopify's headers go to `WebhookHandler.handle`, whose status is
+the answer (200 applied or already applied, 401 bad HMAC, 404 unknown shop, 409 being applied by another
+delivery of the same event: Shopify retries). Bodies over 1 MiB are refused unread. Production puts the same
+handler behind a Lambda function URL or API Gateway (HTTPS) or EventBridge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from shopify_pipeline.webhooks.handler import Delivery, WebhookHandler
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024  # Shopify's payloads are far smaller; anything bigger is not a webhook
+
+
+class WebhookServer:
+    """A threaded HTTP server on 127.0.0.1 (or `host`) for as long as the `with` block runs."""
+
+    def __init__(self, handler: WebhookHandler, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.handler = handler
+        webhook = handler
+
+        class _Request(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # the name http.server dispatches to
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    self._answer(413, {"result": "rejected", "detail": "body too large"})
+                    self.close_connection = True
+                    return
+                delivery = Delivery.from_http(dict(self.headers.items()), self.rfile.read(length))
+                try:
+                    outcome = webhook.handle(delivery)
+                except Exception as error:  # noqa: BLE001 - Shopify retries a 5xx; the reason goes to the log
+                    log.warning("webhook %s for %s failed: %s: %s", delivery.topic, delivery.shop,
+                                type(error).__name__, error)
+                    self._answer(500, {"result": "failed", "detail": type(error).__name__})
+                    return
+                self._answer(outcome.status, {"result": outcome.result, "detail": outcome.detail})
+
+            def _answer(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                """Silent: the handler logs what matters, without payloads."""
+
+        self._server = ThreadingHTTPServer((host, port), _Request)
+        self._server.daemon_threads = True
+        self.url = f"http://{host}:{self._server.server_address[1]}"
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> WebhookServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="webhooks", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
