@@ -15,8 +15,10 @@ from shopify_pipeline.simulator.config import (
     FaultConfig,
     FaultRule,
     ShopConfig,
+    WebhookConfig,
+    WebhookFaults,
 )
 from shopify_pipeline.simulator.server import Simulator
 
 __all__ = ["ALL_SCOPES", "PLANS", "AuthConfig", "AuthFaults", "BulkConfig", "BulkFaults", "FaultConfig", "FaultRule",
-           "ShopConfig", "Simulator"]
+           "ShopConfig", "Simulator", "WebhookConfig", "WebhookFaults"]

@@ -269,6 +269,112 @@ class AuthConfig:
         return cls(**values)
 
 
+# Webhook topics a subscription can name (GraphQL enum value → topic as in X-Shopify-Topic); the mandatory
+# compliance topics are configured with the app, not through the API (ShopConfig.compliance_webhook_url).
+WEBHOOK_TOPICS: dict[str, str] = {
+    "APP_UNINSTALLED": "app/uninstalled",
+    "CUSTOMERS_CREATE": "customers/create",
+    "CUSTOMERS_DELETE": "customers/delete",
+    "CUSTOMERS_UPDATE": "customers/update",
+    "ORDERS_CREATE": "orders/create",
+    "ORDERS_DELETE": "orders/delete",
+    "ORDERS_UPDATED": "orders/updated",
+    "PRODUCTS_CREATE": "products/create",
+    "PRODUCTS_DELETE": "products/delete",
+    "PRODUCTS_UPDATE": "products/update",
+}
+COMPLIANCE_TOPICS = ("customers/data_request", "customers/redact", "shop/redact")
+
+# Shopify retries a failed delivery 8 times over 4 hours with exponential backoff and publishes no schedule:
+# delays doubling from 14400/255 s put the 8th retry exactly 4 hours after the first attempt (simulated seconds).
+WEBHOOK_RETRY_DELAYS = tuple(14_400 / 255 * 2 ** n for n in range(8))
+
+
+@dataclass(frozen=True)
+class WebhookFaults:
+    """Faults of webhook deliveries, drawn per event from a generator seeded by `seed` and the event's number.
+
+    `lose_rate`: the event is never delivered. `duplicate_rate`: each delivery of the event is sent
+    `duplicate_copies` more times (same X-Shopify-Event-Id and X-Shopify-Webhook-Id). `reorder_window` > 0:
+    new deliveries are held until that many are waiting (or `reorder_hold_seconds`, real seconds, passed since
+    the first) and then sent in shuffled order. `stale_rate`: after a record's newer event is delivered to an
+    address, the event delivered there before it for the same record is delivered again (an old payload
+    arriving after a newer one, as a late retry does). `bad_signature_rate`: an attempt carries a wrong
+    X-Shopify-Hmac-Sha256 (drawn per attempt, so a retry may be signed correctly). `topics`: limit the faults
+    to these topics ("orders/updated"; empty: every topic).
+    """
+
+    seed: int = 0
+    lose_rate: float = 0.0
+    duplicate_rate: float = 0.0
+    duplicate_copies: int = 1
+    reorder_window: int = 0
+    reorder_hold_seconds: float = 1.0
+    stale_rate: float = 0.0
+    bad_signature_rate: float = 0.0
+    topics: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        rates = (self.lose_rate, self.duplicate_rate, self.stale_rate, self.bad_signature_rate)
+        if any(not 0.0 <= rate <= 1.0 for rate in rates):
+            raise ValueError("webhook fault rates are probabilities between 0 and 1")
+        if self.duplicate_copies < 1 or self.reorder_window < 0 or self.reorder_hold_seconds < 0:
+            raise ValueError("duplicate_copies must be 1 or more; reorder_window and reorder_hold_seconds 0 or more")
+        known = set(WEBHOOK_TOPICS.values()) | set(COMPLIANCE_TOPICS)
+        unknown = set(self.topics) - known
+        if unknown:
+            raise ValueError(f"unknown webhook topics {', '.join(sorted(unknown))}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """These faults as JSON-ready data."""
+        data = asdict(self)
+        data["topics"] = list(self.topics)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WebhookFaults:
+        """WebhookFaults from JSON data; unknown keys raise ValueError."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown webhook fault fields: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        if "topics" in values:
+            values["topics"] = tuple(values["topics"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """How a shop delivers webhooks. A delivery fails on a non-2xx answer, a connection error, or no answer
+    within `timeout_seconds` (Shopify: 5; `connect_timeout_seconds` 1), real seconds. A failed delivery is
+    retried after each of `retry_delays_seconds` (simulated seconds, divided by time_scale; Shopify: 8 retries
+    over 4 hours), then dropped; with `remove_failing_subscriptions` the subscription that dropped it is deleted
+    too, as Shopify deletes a failing subscription created through the Admin API.
+    """
+
+    timeout_seconds: float = 5.0
+    connect_timeout_seconds: float = 1.0
+    retry_delays_seconds: tuple[float, ...] = WEBHOOK_RETRY_DELAYS
+    remove_failing_subscriptions: bool = True
+    faults: WebhookFaults = field(default_factory=WebhookFaults)
+
+    def __post_init__(self) -> None:
+        if self.timeout_seconds <= 0 or self.connect_timeout_seconds <= 0:
+            raise ValueError("webhook timeouts must be positive")
+        if any(delay < 0 for delay in self.retry_delays_seconds):
+            raise ValueError("webhook retry delays must not be negative")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WebhookConfig:
+        """A WebhookConfig from JSON data (faults as a nested object)."""
+        values = dict(data)
+        if "faults" in values:
+            values["faults"] = WebhookFaults.from_dict(values["faults"])
+        if "retry_delays_seconds" in values:
+            values["retry_delays_seconds"] = tuple(values["retry_delays_seconds"])
+        return cls(**values)
+
+
 @dataclass(frozen=True)
 class ShopConfig:
     """One simulated shop: its name (the `{shop}` of `{shop}.myshopify.com`), token, data and state.
@@ -280,7 +386,10 @@ class ShopConfig:
     `timezone_offset_minutes` is the shop's local offset used in every REST timestamp. `api_versions` are
     the supported versions: an older one is answered by the oldest of them, a newer one is 404. `bulk`
     configures bulk query operations (concurrency, speed, URL expiry, faults). `auth` gives the app expiring
-    offline access tokens and the token endpoint; None keeps the one static `token`.
+    offline access tokens and the token endpoint; None keeps the one static `token`. `webhooks` configures
+    webhook deliveries (timeouts, retries, faults); they are signed with the app's client secret:
+    `auth.client_secret`, else `webhook_secret` (default "shpss_<name>"). `compliance_webhook_url` is where the
+    mandatory compliance topics go (app configuration in Shopify, not an API subscription).
     """
 
     name: str
@@ -302,12 +411,25 @@ class ShopConfig:
     api_versions: tuple[str, ...] = SUPPORTED_API_VERSIONS
     bulk: BulkConfig = field(default_factory=BulkConfig)
     auth: AuthConfig | None = None
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    webhook_secret: str | None = None
+    compliance_webhook_url: str | None = None
 
     def __post_init__(self) -> None:
+        if self.auth is not None and self.webhook_secret not in (None, self.auth.client_secret):
+            raise ValueError("webhooks are signed with the app's client secret: webhook_secret must equal "
+                             "auth.client_secret (or be left out)")
         if self.plan not in PLANS:
             raise ValueError(f"unknown plan {self.plan!r}; expected one of {', '.join(PLANS)}")
         if self.state not in SHOP_STATES:
             raise ValueError(f"unknown shop state {self.state!r}; expected one of {', '.join(SHOP_STATES)}")
+
+    @property
+    def app_secret(self) -> str:
+        """The client secret webhooks are signed with."""
+        if self.auth is not None:
+            return self.auth.client_secret
+        return self.webhook_secret or f"shpss_{self.name}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShopConfig:
@@ -319,6 +441,8 @@ class ShopConfig:
             values["bulk"] = BulkConfig.from_dict(values["bulk"])
         if values.get("auth") is not None:
             values["auth"] = AuthConfig.from_dict(values["auth"])
+        if "webhooks" in values:
+            values["webhooks"] = WebhookConfig.from_dict(values["webhooks"])
         for key in ("scopes", "api_versions"):
             if key in values:
                 values[key] = tuple(values[key])

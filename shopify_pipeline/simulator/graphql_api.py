@@ -108,6 +108,13 @@ enum BulkOperationErrorCode { ACCESS_DENIED INTERNAL_SERVER_ERROR TIMEOUT }
 enum BulkOperationType { MUTATION QUERY }
 enum BulkOperationUserErrorCode { INVALID LIMIT_REACHED OPERATION_IN_PROGRESS }
 enum BulkOperationsSortKeys { COMPLETED_AT CREATED_AT }
+"The topics a subscription can name; compliance topics are app configuration, not API subscriptions."
+enum WebhookSubscriptionTopic {
+  APP_UNINSTALLED CUSTOMERS_CREATE CUSTOMERS_DELETE CUSTOMERS_UPDATE ORDERS_CREATE ORDERS_DELETE ORDERS_UPDATED
+  PRODUCTS_CREATE PRODUCTS_DELETE PRODUCTS_UPDATE
+}
+enum WebhookSubscriptionFormat { JSON XML }
+enum WebhookSubscriptionSortKeys { CREATED_AT ID }
 
 interface Node {
   id: ID!
@@ -140,12 +147,80 @@ type QueryRoot {
   "The app's bulk operations matching `query`, newest first by default (reverse: true for oldest first)."
   bulkOperations(first: Int, after: String, last: Int, before: String, query: String,
     sortKey: BulkOperationsSortKeys = CREATED_AT, reverse: Boolean = false): BulkOperationConnection!
+  webhookSubscription(id: ID!): WebhookSubscription
+  webhookSubscriptions(first: Int!, after: String, topics: [WebhookSubscriptionTopic!], uri: String, callbackUrl: URL,
+    format: WebhookSubscriptionFormat, sortKey: WebhookSubscriptionSortKeys = CREATED_AT,
+    reverse: Boolean = false): WebhookSubscriptionConnection!
 }
 
 type Mutation {
   "Start a bulk query; groupObjects defaults to false from 2026-01 on, true before."
   bulkOperationRunQuery(query: String!, groupObjects: Boolean): BulkOperationRunQueryPayload
   bulkOperationCancel(id: ID!): BulkOperationCancelPayload
+  "Subscribe an address (`uri`; `callbackUrl` is its deprecated name) to a topic."
+  webhookSubscriptionCreate(topic: WebhookSubscriptionTopic!,
+    webhookSubscription: WebhookSubscriptionInput!): WebhookSubscriptionCreatePayload
+  webhookSubscriptionUpdate(id: ID!, webhookSubscription: WebhookSubscriptionInput!): WebhookSubscriptionUpdatePayload
+  webhookSubscriptionDelete(id: ID!): WebhookSubscriptionDeletePayload
+}
+
+input WebhookSubscriptionInput {
+  uri: String
+  callbackUrl: URL
+  format: WebhookSubscriptionFormat
+  includeFields: [String!]
+}
+
+type ApiVersion {
+  handle: String!
+  displayName: String!
+  supported: Boolean!
+}
+
+type WebhookHttpEndpoint {
+  callbackUrl: URL!
+}
+
+union WebhookSubscriptionEndpoint = WebhookHttpEndpoint
+
+type WebhookSubscription implements Node {
+  id: ID!
+  legacyResourceId: UnsignedInt64!
+  topic: WebhookSubscriptionTopic!
+  format: WebhookSubscriptionFormat!
+  uri: String!
+  callbackUrl: URL!
+  endpoint: WebhookSubscriptionEndpoint!
+  apiVersion: ApiVersion!
+  includeFields: [String!]!
+  createdAt: DateTime!
+  updatedAt: DateTime!
+}
+
+type WebhookSubscriptionConnection {
+  edges: [WebhookSubscriptionEdge!]!
+  nodes: [WebhookSubscription!]!
+  pageInfo: PageInfo!
+}
+
+type WebhookSubscriptionEdge {
+  cursor: String!
+  node: WebhookSubscription!
+}
+
+type WebhookSubscriptionCreatePayload {
+  webhookSubscription: WebhookSubscription
+  userErrors: [UserError!]!
+}
+
+type WebhookSubscriptionUpdatePayload {
+  webhookSubscription: WebhookSubscription
+  userErrors: [UserError!]!
+}
+
+type WebhookSubscriptionDeletePayload {
+  deletedWebhookSubscriptionId: ID
+  userErrors: [UserError!]!
 }
 
 type BulkOperation implements Node {
@@ -427,6 +502,8 @@ BULK_SCHEMA = build_schema(SCHEMA_SDL.replace("first: Int!", "first: Int"))
 MUTATION_COST = 10  # every mutation field, whatever it selects
 BULK_FIELDS = ("bulkOperationRunQuery", "bulkOperationCancel", "bulkOperation", "currentBulkOperation",
                "bulkOperations")
+WEBHOOK_FIELDS = ("webhookSubscriptionCreate", "webhookSubscriptionUpdate", "webhookSubscriptionDelete",
+                  "webhookSubscription", "webhookSubscriptions")
 
 
 
@@ -587,6 +664,8 @@ class Context:
     # operations (a bulk.ShopBulk; None where no bulk operations are served).
     api_version: str = ""
     bulk: Any = None
+    # The shop's webhook subscriptions (a webhooks.ShopWebhooks; None where none are served).
+    webhooks: Any = None
     # True inside a bulk query: nested connections hold every item, not one page.
     unpaged: bool = False
 
@@ -793,7 +872,23 @@ class QueryRoot:
             return self._node(args["id"])
         if name in BULK_FIELDS:
             return self._bulk(name, args)
+        if name in WEBHOOK_FIELDS:
+            return self._webhooks(name, args)
         return None
+
+    def _webhooks(self, name: str, args: dict[str, Any]) -> Any:
+        webhooks = self.context.webhooks
+        if webhooks is None:
+            raise GraphQLError(f"{name} is not served here.")
+        if name == "webhookSubscriptionCreate":
+            return webhooks.graphql_create(args, self.context.api_version)
+        if name == "webhookSubscriptionUpdate":
+            return webhooks.graphql_update(args)
+        if name == "webhookSubscriptionDelete":
+            return webhooks.graphql_delete(args)
+        if name == "webhookSubscription":
+            return webhooks.graphql_find(args["id"])
+        return webhooks.graphql_listing(args)
 
     def _bulk(self, name: str, args: dict[str, Any]) -> Any:
         bulk = self.context.bulk

@@ -22,7 +22,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from shopify_pipeline.simulator.auth import ShopAuth, TokenAnswer, oauth_error
 from shopify_pipeline.simulator.bulk import BulkService
-from shopify_pipeline.simulator.config import DATA_TYPES, AuthFaults, BulkFaults, FaultConfig, ShopConfig
+from shopify_pipeline.simulator.config import (
+    DATA_TYPES,
+    AuthFaults,
+    BulkFaults,
+    FaultConfig,
+    ShopConfig,
+    WebhookFaults,
+)
 from shopify_pipeline.simulator.data import US
 from shopify_pipeline.simulator.faults import HTML_BODIES
 from shopify_pipeline.simulator.graphql_api import Context, Cursors, GraphQLRequest, respond
@@ -37,6 +44,7 @@ from shopify_pipeline.simulator.paging import (
 )
 from shopify_pipeline.simulator.shop import ShopRuntime
 from shopify_pipeline.simulator.store import RenderCache, dumps, record_filter
+from shopify_pipeline.simulator.webhooks import ShopWebhooks, WebhookService
 
 BULK_PATH = re.compile(r"^/bulk/(?P<token>[0-9a-f]+)\.jsonl$")
 SHOP_PATH = re.compile(r"^/shops/(?P<shop>[^/]+)(?P<rest>/.*)$")
@@ -73,7 +81,8 @@ class Simulator:
     """A local Shopify Admin API (REST and GraphQL) serving several shops on 127.0.0.1.
 
     `time_scale` speeds up the leaky bucket (10 → leaks ten times faster, Retry-After ten times
-    shorter), the cost bucket, bulk operations and token lifetimes; everything else runs in real time.
+    shorter), the cost bucket, bulk operations, token lifetimes and webhook retries; everything else runs in
+    real time.
     """
 
     def __init__(self, shops: list[ShopConfig], port: int = 0, time_scale: float = 1.0,
@@ -92,6 +101,9 @@ class Simulator:
                 raise ValueError(f"shop {config.name!r} is configured twice")
             self.shops[config.name] = ShopRuntime(config, time_scale, self.anchor, self.cache)
         self.bulk = BulkService(time_scale, lambda: self.base_url, self.cursors)
+        self.webhooks = WebhookService(time_scale, self.cursors, self.shop_document)
+        for runtime in self.shops.values():
+            self.webhooks.shop(runtime)
         self.stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -115,6 +127,7 @@ class Simulator:
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name="shopify-simulator", daemon=True)
         self._thread.start()
+        self.webhooks.start()
         return self
 
     def stop(self) -> None:
@@ -123,6 +136,7 @@ class Simulator:
             return
         self.stopping.set()
         self.bulk.close()
+        self.webhooks.close()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -181,10 +195,102 @@ class Simulator:
         return self.bulk.shop(self._shop(shop_name)).expire()
 
     def stats(self, shop_name: str) -> dict[str, Any]:
-        """Counters: requests per endpoint, responses per status, 429s (`throttled`), bucket level; for a shop
-        with `auth` also `auth` (token_requests, refresh_requests, refreshes, tokens_issued,
-        expired_token_rejections)."""
-        return self._shop(shop_name).stats()
+        """Counters: requests per endpoint, responses per status, 429s (`throttled`), bucket level, `webhooks`
+        (as webhook_stats); for a shop with `auth` also `auth` (token_requests, refresh_requests, refreshes,
+        tokens_issued, expired_token_rejections)."""
+        return {**self._shop(shop_name).stats(), "webhooks": self.webhook_stats(shop_name)}
+
+    def shop_document(self, shop: ShopRuntime) -> dict[str, Any]:
+        """The shop as shop.json serves it (and as the app/uninstalled payload carries it)."""
+        offset = shop.config.timezone_offset_minutes
+        sign = "-" if offset < 0 else "+"
+        hours, minutes = divmod(abs(offset), 60)
+        return {
+            "id": 548_380_009 + sum(shop.name.encode()),
+            "name": shop.name,
+            "email": f"owner@{shop.name}.example.com",
+            "domain": f"{shop.name}.myshopify.com",
+            "myshopify_domain": f"{shop.name}.myshopify.com",
+            "plan_name": shop.config.plan,
+            "plan_display_name": shop.config.plan.title(),
+            "timezone": f"(GMT{sign}{hours:02d}:{minutes:02d}) Simulated Time",
+            "iana_timezone": "America/New_York" if offset == -300 else "Etc/Unknown",
+            "currency": "USD",
+            "money_format": "${{amount}}",
+            "created_at": shop.data.renderer.timestamp((self.anchor - shop.config.history_days * 86_400) * US),
+            "password_enabled": False,
+            "country_code": "US",
+        }
+
+    # -- webhooks ----------------------------------------------------------------------------------
+
+    def _webhooks(self, shop_name: str) -> ShopWebhooks:
+        return self.webhooks.shop(self._shop(shop_name))
+
+    def subscribe(self, shop_name: str, topic: str, url: str, include_fields: tuple[str, ...] = (),
+                  api_version: str | None = None) -> str:
+        """Subscribe `url` to `topic` ("orders/create" or "ORDERS_CREATE"), as webhookSubscriptionCreate does;
+        payloads are serialized for `api_version` (default: the newest supported). Returns the subscription's gid.
+        ValueError with Shopify's message for an address already subscribed to the topic or not deliverable."""
+        return self._webhooks(shop_name).subscribe(topic, url, tuple(include_fields), api_version).id
+
+    def unsubscribe(self, shop_name: str, subscription_id: str) -> bool:
+        """Delete a subscription (its pending deliveries and retries are cancelled). Returns whether it existed."""
+        return self._webhooks(shop_name).unsubscribe(subscription_id)
+
+    def webhook_subscriptions(self, shop_name: str) -> list[dict[str, Any]]:
+        """Every subscription of the shop, oldest first, as the GraphQL WebhookSubscription shows it."""
+        return self._webhooks(shop_name).documents()
+
+    def set_compliance_webhook_url(self, shop_name: str, url: str | None) -> None:
+        """Where customers/data_request, customers/redact and shop/redact go (None: not configured)."""
+        self._webhooks(shop_name).set_compliance_url(url)
+
+    def webhook_secret(self, shop_name: str) -> str:
+        """The client secret deliveries are signed with (AuthConfig.client_secret, else ShopConfig.webhook_secret,
+        else "shpss_<shop>")."""
+        return self._shop(shop_name).config.app_secret
+
+    def set_webhook_faults(self, shop_name: str, faults: WebhookFaults) -> None:
+        """Apply these delivery faults to events from now on."""
+        self._webhooks(shop_name).set_faults(faults)
+
+    def webhook_stats(self, shop_name: str) -> dict[str, Any]:
+        """Delivery counters: events, delivered, failed_attempts, retries, dropped, lost, cancelled,
+        duplicates_sent, stale_sent, bad_signatures_sent, reordered, subscriptions_removed, pending, subscriptions,
+        and by_topic (events, delivered, failed_attempts, dropped, … per topic)."""
+        return self._webhooks(shop_name).stats()
+
+    def webhook_attempts(self, shop_name: str) -> list[dict[str, Any]]:
+        """The shop's last 10 000 delivery attempts, oldest first (event_id, webhook_id, topic, url, attempt,
+        kind, bad_signature, status, error, at)."""
+        return self._webhooks(shop_name).attempts()
+
+    def wait_webhooks_idle(self, shop_name: str, timeout: float = 30.0) -> bool:
+        """Wait until none of the shop's deliveries is queued, held, in flight or waiting for a retry (dropped
+        ones are done). Returns False if `timeout` real seconds passed first."""
+        return self._webhooks(shop_name).wait_idle(timeout)
+
+    def trigger_app_uninstalled(self, shop_name: str) -> str | None:
+        """Send app/uninstalled (payload: the shop) to its subscribers. Returns the X-Shopify-Event-Id, or None
+        when nobody is subscribed. Tokens stay valid: revoke them with AuthFaults(revoked=True)."""
+        return self._webhooks(shop_name).trigger_app_uninstalled()
+
+    def trigger_customers_redact(self, shop_name: str, customer_id: int,
+                                 orders_to_redact: list[int] | None = None) -> str | None:
+        """Send customers/redact to the compliance URL; `orders_to_redact` defaults to the customer's live orders.
+        Returns the event id, or None without a compliance URL."""
+        return self._webhooks(shop_name).trigger_customers_redact(customer_id, orders_to_redact)
+
+    def trigger_customers_data_request(self, shop_name: str, customer_id: int,
+                                       orders_requested: list[int] | None = None) -> str | None:
+        """Send customers/data_request to the compliance URL; `orders_requested` defaults to the customer's live
+        orders. Returns the event id, or None without a compliance URL."""
+        return self._webhooks(shop_name).trigger_customers_data_request(customer_id, orders_requested)
+
+    def trigger_shop_redact(self, shop_name: str) -> str | None:
+        """Send shop/redact to the compliance URL. Returns the event id, or None without a compliance URL."""
+        return self._webhooks(shop_name).trigger_shop_redact()
 
     def _auth(self, shop_name: str) -> ShopAuth:
         auth = self._shop(shop_name).auth
@@ -499,8 +605,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             return json_answer(429, THROTTLED, {**headers, "Retry-After": shop.bucket(token).retry_after_header()})
         if fault in ("500", "502", "503", "504", "430", "404"):
             return self._fault_answer(fault, shop, headers)
-        context = Context(shop, self.sim.cursors, self._shop_document(shop), api_version=answered_version,
-                          bulk=self.sim.bulk.shop(shop))
+        context = Context(shop, self.sim.cursors, self.sim.shop_document(shop), api_version=answered_version,
+                          bulk=self.sim.bulk.shop(shop), webhooks=self.sim.webhooks.shop(shop))
         document, throttled = respond(request, context, shop.cost_bucket(token), fault)
         if throttled:
             shop.count_graphql_throttled()
@@ -564,7 +670,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             scopes = [{"handle": scope} for scope in shop.scopes]
             return json_answer(200, {"access_scopes": scopes}, headers)
         if endpoint == "shop":
-            return json_answer(200, {"shop": self._shop_document(shop)}, headers)
+            return json_answer(200, {"shop": self.sim.shop_document(shop)}, headers)
         if resource not in (*DATA_TYPES, "events"):
             return json_answer(404, NOT_FOUND, headers)
         if tail == "count":
@@ -630,27 +736,6 @@ class RequestHandler(BaseHTTPRequestHandler):
         body = b'{"' + resource.encode() + b'":[' + b",".join(documents) + b"]}"
         return Answer(200, body, headers)
 
-    def _shop_document(self, shop: ShopRuntime) -> dict[str, Any]:
-        offset = shop.config.timezone_offset_minutes
-        sign = "-" if offset < 0 else "+"
-        hours, minutes = divmod(abs(offset), 60)
-        return {
-            "id": 548_380_009 + sum(shop.name.encode()),
-            "name": shop.name,
-            "email": f"owner@{shop.name}.example.com",
-            "domain": f"{shop.name}.myshopify.com",
-            "myshopify_domain": f"{shop.name}.myshopify.com",
-            "plan_name": shop.config.plan,
-            "plan_display_name": shop.config.plan.title(),
-            "timezone": f"(GMT{sign}{hours:02d}:{minutes:02d}) Simulated Time",
-            "iana_timezone": "America/New_York" if offset == -300 else "Etc/Unknown",
-            "currency": "USD",
-            "money_format": "${{amount}}",
-            "created_at": shop.data.renderer.timestamp((self.sim.anchor - shop.config.history_days * 86_400) * US),
-            "password_enabled": False,
-            "country_code": "US",
-        }
-
     # -- the simulator's own admin API -------------------------------------------------------------
 
     def _admin(self, method: str, path: str) -> Answer:
@@ -687,6 +772,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             return json_answer(200, {"expired": self.sim.expire_bulk_urls(name)})
         if what.startswith("auth_"):
             return self._admin_auth(method, name, what)
+        if what.startswith("webhook"):
+            return self._admin_webhooks(method, name, what)
         if what == "records" and match["type"] in DATA_TYPES:
             return self._admin_records(method, name, match["type"], match["action"])
         return json_answer(404, NOT_FOUND)
@@ -707,6 +794,50 @@ class RequestHandler(BaseHTTPRequestHandler):
             return json_answer(200, {"access_tokens": auth.valid_access_tokens(),
                                      "refresh_tokens": auth.valid_refresh_tokens()})
         return json_answer(404, NOT_FOUND)
+
+    def _admin_webhooks(self, method: str, name: str, what: str) -> Answer:
+        sim = self.sim
+        if what == "webhooks" and method == "GET":
+            return json_answer(200, {"subscriptions": sim.webhook_subscriptions(name),
+                                     "stats": sim.webhook_stats(name)})
+        if what == "webhook_attempts" and method == "GET":
+            return json_answer(200, {"attempts": sim.webhook_attempts(name)})
+        if what == "webhook_faults":
+            webhooks = sim.webhooks.shop(sim.shops[name])
+            if method == "POST":
+                webhooks.set_faults(WebhookFaults.from_dict(self._body_json()))
+            return json_answer(200, webhooks.faults.to_dict())
+        if method != "POST":
+            return json_answer(404, NOT_FOUND)
+        body = self._body_json()
+        if what == "webhook_subscribe":
+            subscription_id = sim.subscribe(name, body["topic"], body["url"], tuple(body.get("include_fields", ())),
+                                            body.get("api_version"))
+            return json_answer(200, {"id": subscription_id})
+        if what == "webhook_unsubscribe":
+            return json_answer(200, {"deleted": sim.unsubscribe(name, body["id"])})
+        if what == "webhook_compliance_url":
+            sim.set_compliance_webhook_url(name, body.get("url"))
+            return json_answer(200, {"url": body.get("url")})
+        if what == "webhook_idle":
+            return json_answer(200, {"idle": sim.wait_webhooks_idle(name, float(body.get("timeout", 30)))})
+        if what == "webhook_trigger":
+            return json_answer(200, {"event_id": self._trigger(name, body)})
+        return json_answer(404, NOT_FOUND)
+
+    def _trigger(self, name: str, body: dict[str, Any]) -> str | None:
+        topic = body.get("topic")
+        if topic == "app/uninstalled":
+            return self.sim.trigger_app_uninstalled(name)
+        if topic == "shop/redact":
+            return self.sim.trigger_shop_redact(name)
+        if topic == "customers/redact":
+            return self.sim.trigger_customers_redact(name, int(body["customer_id"]), body.get("orders_to_redact"))
+        if topic == "customers/data_request":
+            return self.sim.trigger_customers_data_request(name, int(body["customer_id"]),
+                                                           body.get("orders_requested"))
+        raise ValueError(f"cannot trigger {topic!r}: app/uninstalled, shop/redact, customers/redact or "
+                         "customers/data_request")
 
     def _admin_records(self, method: str, name: str, data_type: str, action: str | None) -> Answer:
         if method == "GET" and action is None:

@@ -197,6 +197,8 @@ class ShopData:
         self.large = {"orders": (large_every, large_size), "products": large_products}
         self.cache = cache
         self.lock = threading.RLock()
+        # Told of every change while `lock` is held: (data type, "create" | "update" | "delete", records).
+        self.listener: Callable[[str, str, list[Record]], None] | None = None
         self._latest = max((record.updated for items in collections.values() for record in items), default=0)
 
     def render_bytes(self, data_type: str, record: Record) -> bytes:
@@ -260,6 +262,7 @@ class ShopData:
                 collection.move(record, old_updated)
                 if data_type == "orders" and record.state == "open" and rng.random() < 0.3:
                     record.state = "closed"
+            self._tell(data_type, "update", chosen)
             return [record.id for record in chosen]
 
     def create(self, data_type: str, n: int, seed: int) -> list[int]:
@@ -267,7 +270,7 @@ class ShopData:
         with self.lock:
             collection = self.collections[data_type]
             rng = random.Random(f"create:{seed}")
-            created_ids = []
+            created: list[Record] = []
             for _ in range(n):
                 index = len(collection.items)
                 now = self._next_change()
@@ -276,8 +279,9 @@ class ShopData:
                 size = record_size(data_type, index, rng, large_every, large_size)
                 record = Record(record_id(data_type, index), index, now, now, state, size)
                 collection.add(record)
-                created_ids.append(record.id)
-            return created_ids
+                created.append(record)
+            self._tell(data_type, "create", created)
+            return [record.id for record in created]
 
     def delete(self, data_type: str, n: int, seed: int, ids: list[int] | None = None) -> list[int]:
         """Delete `n` live records (or exactly `ids`); each deletion appears in events.json."""
@@ -291,7 +295,12 @@ class ShopData:
                 event = Event(event_id, self._next_change(), SUBJECT_TYPES[data_type], record.id,
                               "destroy", name)
                 self.events.add(event)
+            self._tell(data_type, "delete", chosen)
             return [record.id for record in chosen]
+
+    def _tell(self, data_type: str, action: str, records: list[Record]) -> None:
+        if self.listener is not None and records:
+            self.listener(data_type, action, records)
 
     def _choose(self, collection: Collection, n: int, seed: int, ids: list[int] | None) -> list[Record]:
         if ids is not None:
