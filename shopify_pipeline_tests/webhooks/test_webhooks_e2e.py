@@ -1,0 +1,126 @@
+"""Webhooks end to end: the simulator delivers signed webhooks (with duplicates, reordering, stale retries and
+bad signatures on demand) to our webhook server, which applies them to DynamoDB Local."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+
+import pytest
+import requests
+
+from shopify_pipeline.settings import DATA_TYPES, ShopifySettings
+from shopify_pipeline.simulator import ShopConfig, Simulator
+from shopify_pipeline.simulator.config import WebhookFaults
+from shopify_pipeline.sync.engine import SyncEngine, SyncOptions
+from shopify_pipeline.sync.service import SyncService
+from shopify_pipeline.webhooks.handler import RECORD_TOPICS, WebhookHandler
+from shopify_pipeline.webhooks.server import WebhookServer
+from shopify_pipeline_tests.support.graphql_truth import graphql_truth
+from shopify_pipeline_tests.sync.conftest import stored
+
+SHOPIFY = ShopifySettings(allow_local_shops=True, backoff_seconds=0.01, timeout_seconds=5.0)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    shop = ShopConfig("hooks", "shpat_hooks", orders=60, products=12, customers=25, seed=41, plan="plus")
+    with Simulator([shop], time_scale=2000) as running:  # Shopify's 4 hours of retries in seconds
+        yield running
+
+
+@pytest.fixture
+def service(settings, sim):
+    sim.set_webhook_faults("hooks", WebhookFaults())
+    svc = SyncService(SyncEngine(settings, SHOPIFY, SyncOptions(slices=1, bulk_threshold=None)))
+    svc.add_connection("hook-user", sim.shop_url("hooks"), "literal:shpat_hooks")
+    assert svc.sync("hook-user", "initial").success
+    return svc
+
+
+@pytest.fixture
+def server(service, sim):
+    with WebhookServer(WebhookHandler(service.engine, sim.webhook_secret("hooks"))) as running:
+        for topic in RECORD_TOPICS:
+            sim.subscribe("hooks", topic, running.url)
+        yield running
+    for subscription in sim.webhook_subscriptions("hooks"):
+        sim.unsubscribe("hooks", subscription["id"])
+
+
+def _equal(service, sim) -> None:
+    for data_type in DATA_TYPES:
+        assert stored(service, "hook-user", data_type) == graphql_truth(sim, "hooks", data_type), data_type
+
+
+def test_a_storm_of_duplicated_reordered_stale_and_missigned_deliveries_ends_equal_to_shopify(service, sim, server):
+    sim.set_webhook_faults("hooks", WebhookFaults(seed=5, duplicate_rate=0.3, duplicate_copies=2, reorder_window=6,
+                                                  reorder_hold_seconds=0.3, stale_rate=0.3, bad_signature_rate=0.2))
+    sim.update_records("hooks", "orders", n=25, seed=1)
+    sim.update_records("hooks", "orders", n=25, seed=2)  # some twice: stale retries of the first version
+    sim.update_records("hooks", "customers", n=10, seed=3)
+    sim.create_records("hooks", "customers", n=4, seed=4)
+    deleted = sim.delete_records("hooks", "orders", n=6, seed=5)
+    sim.update_records("hooks", "products", n=5, seed=6)
+    assert sim.wait_webhooks_idle("hooks", timeout=120)
+    stats = sim.webhook_stats("hooks")
+    assert stats["duplicates_sent"] > 0 and stats["stale_sent"] > 0 and stats["bad_signatures_sent"] > 0, stats
+    assert stats["dropped"] == 0, stats
+    _equal(service, sim)
+    assert not set(deleted) & set(stored(service, "hook-user", "orders"))
+    # The next daily sync (the reconciliation) finds nothing to change.
+    assert service.sync("hook-user", "daily").success
+    _equal(service, sim)
+
+
+def test_a_server_restart_mid_stream_loses_nothing(service, sim, server, settings):
+    port = int(server.url.rsplit(":", 1)[1])
+    server.__exit__(None, None, None)  # down: deliveries fail and Shopify retries them
+    sim.update_records("hooks", "orders", n=10, seed=11)
+    deleted = sim.delete_records("hooks", "customers", n=3, seed=12)
+    with WebhookServer(WebhookHandler(service.engine, sim.webhook_secret("hooks")), port=port):
+        assert sim.wait_webhooks_idle("hooks", timeout=120)
+    assert sim.webhook_stats("hooks")["failed_attempts"] > 0
+    _equal(service, sim)
+    assert not set(deleted) & set(stored(service, "hook-user", "customers"))
+
+
+def test_a_late_update_of_a_deleted_record_does_not_bring_it_back(service, sim, server):
+    handler = server.handler
+    (gone,) = sim.delete_records("hooks", "orders", n=1, seed=21)
+    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    assert gone not in stored(service, "hook-user", "orders")
+    outcome = handler.handle(_delivery(sim, "orders/updated", {"id": gone}, "late-update-1"))
+    assert outcome.status == 200 and outcome.result == "stale"
+    assert gone not in stored(service, "hook-user", "orders")
+
+
+def test_a_bad_signature_is_refused_before_anything_is_read_and_unknown_shops_are_404(service, sim, server):
+    body = json.dumps({"id": 1}).encode()
+    headers = {"X-Shopify-Topic": "orders/updated", "X-Shopify-Shop-Domain": "hooks.myshopify.com",
+               "X-Shopify-Event-Id": "e-bad", "X-Shopify-Hmac-Sha256": "AAAA" + _sign(sim, body)[4:]}
+    assert requests.post(server.url, data=body, headers=headers, timeout=5).status_code == 401
+    headers["X-Shopify-Hmac-Sha256"] = _sign(sim, body)
+    headers["X-Shopify-Shop-Domain"] = "stranger.myshopify.com"
+    assert requests.post(server.url, data=body, headers=headers, timeout=5).status_code == 404
+
+
+def test_a_duplicate_event_is_applied_once(service, sim, server):
+    (order,) = sim.update_records("hooks", "orders", n=1, seed=31)
+    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    first = server.handler.handle(_delivery(sim, "orders/updated", {"id": order}, "dup-1"))
+    again = server.handler.handle(_delivery(sim, "orders/updated", {"id": order}, "dup-1"))
+    assert (first.result, again.result) == ("applied", "duplicate")
+
+
+def _sign(sim, body: bytes) -> str:
+    return base64.b64encode(hmac.new(sim.webhook_secret("hooks").encode(), body, hashlib.sha256).digest()).decode()
+
+
+def _delivery(sim, topic: str, payload: dict, event_id: str):
+    from shopify_pipeline.webhooks.handler import Delivery
+
+    body = json.dumps(payload).encode()
+    return Delivery(topic, "hooks.myshopify.com", event_id, "2026-11-29T00:00:00.000000Z", body, _sign(sim, body))
