@@ -7,6 +7,7 @@ import dagster as dg
 from shopify_pipeline.defs.assets import sync_run_config
 from shopify_pipeline.defs.jobs import daily_sync_job
 from shopify_pipeline.defs.partitions import USER_TAG, user_partitions
+from shopify_pipeline.defs.resources import SyncEngineResource
 
 
 @dg.schedule(
@@ -16,11 +17,19 @@ from shopify_pipeline.defs.partitions import USER_TAG, user_partitions
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Every day at 03:00 UTC: a daily sync (changes only) of every connected user.",
 )
-def daily_sync_schedule(context: dg.ScheduleEvaluationContext):
-    """One RunRequest per user partition; the run key (user, day) makes a re-evaluation launch nothing twice."""
+def daily_sync_schedule(context: dg.ScheduleEvaluationContext, sync_engine: SyncEngineResource):
+    """One RunRequest per user partition; the run key (user, day) makes a re-evaluation launch nothing twice.
+    A user whose merchant uninstalled the app (an `app/uninstalled` webhook) is skipped until reconnected."""
     users = context.instance.get_dynamic_partitions(user_partitions.name)
     if not users:
         return dg.SkipReason("no users yet: the shopify_connections sensor adds them")
+    disconnected = {c.user_id for c in sync_engine.engine().connections.list() if c.disconnected_at}
+    if disconnected & set(users):
+        context.log.info("skipping %d disconnected user(s) (app uninstalled): %s", len(disconnected & set(users)),
+                         ", ".join(sorted(disconnected & set(users))[:10]))
+    users = [user for user in users if user not in disconnected]
+    if not users:
+        return dg.SkipReason("every user is disconnected (app uninstalled)")
     day = (context.scheduled_execution_time or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
     return [
         dg.RunRequest(run_key=f"daily:{user}:{day}", partition_key=user, run_config=sync_run_config("daily"),

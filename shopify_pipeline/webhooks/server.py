@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024  # Shopify's payloads are far smaller; anything bigger is not a webhook
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # Shopify delivers many at once; the default backlog of 5 refuses connections
+
+
 class WebhookServer:
     """A threaded HTTP server on 127.0.0.1 (or `host`) for as long as the `with` block runs."""
 
@@ -57,8 +62,7 @@ class WebhookServer:
             def log_message(self, *args: object) -> None:
                 """Silent: the handler logs what matters, without payloads."""
 
-        self._server = ThreadingHTTPServer((host, port), _Request)
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), _Request)
         self.url = f"http://{host}:{self._server.server_address[1]}"
         self._thread: threading.Thread | None = None
 

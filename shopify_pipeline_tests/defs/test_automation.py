@@ -69,18 +69,31 @@ def test_an_unknown_sync_type_is_refused_before_the_run_starts():
         dg.validate_run_config(job, sync_run_config("weekly"))
 
 
-def test_the_schedule_requests_one_daily_run_per_user(instance):
+def test_the_schedule_requests_one_daily_run_per_user(instance, sync_engine):
     instance.add_dynamic_partitions("shopify_users", ["user-a", "user-b", "user-c"])
     when = datetime(2026, 3, 4, 3, 0, tzinfo=timezone.utc)
-    requests = daily_sync_schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=when))
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=when,
+                                   resources={"sync_engine": sync_engine}) as context:
+        requests = daily_sync_schedule(context)
     assert [r.partition_key for r in requests] == ["user-a", "user-b", "user-c"]
     assert [r.run_key for r in requests] == [f"daily:{u}:2026-03-04" for u in ("user-a", "user-b", "user-c")]
     assert all(r.tags["shopify/user"] == r.partition_key for r in requests)
     assert all(r.run_config == sync_run_config("daily") for r in requests)
 
 
-def test_the_schedule_skips_when_there_are_no_users(instance):
-    assert isinstance(daily_sync_schedule(dg.build_schedule_context(instance=instance)), dg.SkipReason)
+def test_the_schedule_skips_when_there_are_no_users(instance, sync_engine):
+    with dg.build_schedule_context(instance=instance, resources={"sync_engine": sync_engine}) as context:
+        assert isinstance(daily_sync_schedule(context), dg.SkipReason)
+
+
+def test_the_schedule_skips_a_user_whose_merchant_uninstalled_the_app(instance, sync_engine, engine, connected):
+    instance.add_dynamic_partitions("shopify_users", sorted(connected))
+    engine.connections.mark_disconnected("user-small", "2026-11-29T00:00:00Z")  # app/uninstalled said so
+    when = datetime(2026, 11, 29, 3, 0, tzinfo=timezone.utc)
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=when,
+                                   resources={"sync_engine": sync_engine}) as context:
+        requested = [r.partition_key for r in daily_sync_schedule(context)]
+    assert "user-small" not in requested and "user-acme" in requested
 
 
 def test_the_sensor_adds_new_users_requests_initial_syncs_and_removes_deleted_users(

@@ -43,7 +43,7 @@ def service(settings, sim):
 @pytest.fixture
 def server(service, sim):
     with WebhookServer(WebhookHandler(service.engine, sim.webhook_secret("hooks"))) as running:
-        for topic in RECORD_TOPICS:
+        for topic in (*RECORD_TOPICS, "app/uninstalled"):
             sim.subscribe("hooks", topic, running.url)
         yield running
     for subscription in sim.webhook_subscriptions("hooks"):
@@ -124,3 +124,11 @@ def _delivery(sim, topic: str, payload: dict, event_id: str):
 
     body = json.dumps(payload).encode()
     return Delivery(topic, "hooks.myshopify.com", event_id, "2026-11-29T00:00:00.000000Z", body, _sign(sim, body))
+
+
+def test_app_uninstalled_marks_the_connection_disconnected_and_its_data_is_kept(service, sim, server):
+    before = stored(service, "hook-user", "orders")
+    assert sim.trigger_app_uninstalled("hooks")
+    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    assert service.engine.connections.get("hook-user").disconnected_at
+    assert stored(service, "hook-user", "orders") == before
