@@ -44,6 +44,7 @@ from shopify_pipeline.dynamo.records import RecordChanges, StaleChangeError
 from shopify_pipeline.errors import PermanentError
 from shopify_pipeline.shopify.client import shop_base_url
 from shopify_pipeline.shopify.sources import GRAPHQL
+from shopify_pipeline.webhooks.compliance import Compliance
 
 log = logging.getLogger(__name__)
 # Powertools asks for a Lambda context to bound in-progress claims by the invocation's time left; outside Lambda
@@ -59,6 +60,8 @@ RECORD_TOPICS = {
     "customers/create": ("customers", "upsert"), "customers/update": ("customers", "upsert"),
     "customers/delete": ("customers", "delete"),
 }
+# app/uninstalled and the mandatory compliance topics (sent to the app's compliance URL).
+OTHER_TOPICS = ("app/uninstalled", "customers/redact", "customers/data_request", "shop/redact")
 EVENT_DAYS = 7  # an event id is remembered this long (Shopify retries a delivery for 4 hours)
 CONNECTIONS_SECONDS = 60.0  # connections are read again at most this often (and for a shop not seen yet)
 
@@ -113,6 +116,7 @@ class WebhookHandler:
         self._secret = app_secret.encode()
         self._now = now
         self.changes = RecordChanges(engine.dynamodb, engine.settings)
+        self.compliance = Compliance(engine)
         self._shops: dict[str, Connection] | None = None
         self._shops_read = 0.0
         self._clock = time.monotonic
@@ -133,7 +137,7 @@ class WebhookHandler:
         if connection is None:
             log.warning("webhook %s for unknown shop %s (404): no connection", delivery.topic, delivery.shop)
             return Outcome(404, "rejected", "unknown shop")
-        if delivery.topic not in RECORD_TOPICS and delivery.topic != "app/uninstalled":
+        if delivery.topic not in RECORD_TOPICS and delivery.topic not in OTHER_TOPICS:
             return Outcome(200, "ignored", f"topic {delivery.topic} is not handled")
         if not delivery.event_id:
             return Outcome(400, "rejected", "no X-Shopify-Event-Id")
@@ -141,9 +145,11 @@ class WebhookHandler:
             body = json.loads(delivery.body)
         except ValueError:
             return Outcome(400, "rejected", "the body is not JSON")
+        if not isinstance(body, dict):
+            return Outcome(400, "rejected", "the body is not a JSON object")
         event = {"event_id": f"{delivery.shop}:{delivery.event_id}", "topic": delivery.topic,
-                 "user": connection.user_id, "id": body.get("id") if isinstance(body, dict) else None,
-                 "triggered_at": delivery.triggered_at}
+                 "user": connection.user_id, "id": body.get("id"), "triggered_at": delivery.triggered_at,
+                 **_compliance_fields(body)}
         try:
             result = self._apply_once(event=event)
         except IdempotencyAlreadyInProgressError:
@@ -165,6 +171,15 @@ class WebhookHandler:
     def _apply(self, event: dict) -> dict:
         """Apply one event (once per event id: see `handle`). Raises on failures worth Shopify's retry."""
         connection = self.engine.connections.get(event["user"])
+        at = event["triggered_at"] or self._iso_now()
+        if event["topic"] == "customers/redact":
+            return {"result": "applied", "detail": json.dumps(self.compliance.redact_customer(
+                connection.user_id, event["customer_id"], event["orders"], at))}
+        if event["topic"] == "customers/data_request":
+            return {"result": "applied", "detail": json.dumps(self.compliance.data_request(
+                connection.user_id, event["customer_id"], event["orders"], str(event["request_id"]), at))}
+        if event["topic"] == "shop/redact":
+            return {"result": "applied", "detail": json.dumps(self.compliance.redact_shop(connection.user_id))}
         if event["topic"] == "app/uninstalled":
             self.engine.connections.mark_disconnected(connection.user_id, self._iso_now())
             log.warning("%s uninstalled the app: connection marked disconnected", connection.user_id)
@@ -198,6 +213,19 @@ class WebhookHandler:
 
     def _iso_now(self) -> str:
         return self._now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _compliance_fields(body: dict) -> dict:
+    """The ids a compliance payload names (never its personal data): customer, orders, data request."""
+    customer = body.get("customer") if isinstance(body.get("customer"), dict) else {}
+    orders = body.get("orders_to_redact") or body.get("orders_requested") or []
+    request = body.get("data_request") if isinstance(body.get("data_request"), dict) else {}
+    return {"customer_id": _int(customer.get("id")), "request_id": _int(request.get("id")),
+            "orders": [n for n in (_int(o) for o in orders if not isinstance(o, bool)) if n is not None]}
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _legacy_id(record: dict, api: str) -> int | None:

@@ -330,6 +330,7 @@ class _ProxyServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 so botocore keeps its pooled connections, as it does with DynamoDB.
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else each small answer waits ~40 ms for the client's delayed ACK
     server: _ProxyServer
 
     def do_POST(self) -> None:  # the name http.server dispatches to

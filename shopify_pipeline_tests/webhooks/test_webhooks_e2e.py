@@ -132,3 +132,74 @@ def test_app_uninstalled_marks_the_connection_disconnected_and_its_data_is_kept(
     assert sim.wait_webhooks_idle("hooks", timeout=60)
     assert service.engine.connections.get("hook-user").disconnected_at
     assert stored(service, "hook-user", "orders") == before
+
+
+# Compliance (mandatory webhooks, sent to the app's compliance URL) -----------------------------------------
+
+
+@pytest.fixture
+def compliance(sim, server):
+    sim.set_compliance_webhook_url("hooks", server.url)
+    yield server
+    sim.set_compliance_webhook_url("hooks", None)
+
+
+def _a_customer_with_orders(service) -> tuple[int, list[int]]:
+    by_customer: dict[int, list[int]] = {}
+    customers = stored(service, "hook-user", "customers")
+    for order_id, order in stored(service, "hook-user", "orders").items():
+        if order.get("customer") and int(order["customer"]["legacyResourceId"]) in customers:
+            by_customer.setdefault(int(order["customer"]["legacyResourceId"]), []).append(order_id)
+    customer = max(by_customer, key=lambda c: len(by_customer[c]))
+    return customer, sorted(by_customer[customer])
+
+
+def test_customers_redact_deletes_the_customer_and_blanks_their_orders(service, sim, compliance, caplog):
+    customer, orders = _a_customer_with_orders(service)
+    email = stored(service, "hook-user", "customers")[customer].get("email")
+    assert sim.trigger_customers_redact("hooks", customer, orders)
+    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    assert customer not in stored(service, "hook-user", "customers")
+    after = stored(service, "hook-user", "orders")
+    for order_id in orders:
+        assert after[order_id]["email"] is None and after[order_id]["customer"] is None
+    items = service.engine.dynamodb.query(
+        TableName=service.engine.settings.tables.orders, KeyConditionExpression="userId = :u",
+        ExpressionAttributeValues={":u": {"S": "hook-user"}})["Items"]
+    assert not [i for i in items if int(i["id"]["N"]) in orders and "email" in i]  # the query attribute too
+    assert email and email not in caplog.text  # logged with ids only
+    # A late update of the redacted customer does not bring them back.
+    outcome = server_handler(compliance).handle(_delivery(sim, "customers/update", {"id": customer}, "late-c"))
+    assert outcome.result == "stale" and customer not in stored(service, "hook-user", "customers")
+
+
+def test_customers_data_request_writes_their_stored_data_for_the_merchant(service, sim, compliance, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv("SHOPIFY_DATA_REQUEST_DIR", str(tmp_path))
+    customer, orders = _a_customer_with_orders(service)
+    assert sim.trigger_customers_data_request("hooks", customer, orders)
+    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    (exported,) = tmp_path.glob(f"hook-user-customer-{customer}-request-*.json")
+    data = json.loads(exported.read_text())
+    assert data["customer"] == stored(service, "hook-user", "customers")[customer]
+    assert sorted(int(o["legacyResourceId"]) for o in data["orders"]) == orders
+    assert oct(exported.stat().st_mode & 0o777) == "0o600"
+
+
+def test_shop_redact_deletes_every_item_of_the_shop(service, sim, compliance):
+    settings = service.engine.settings
+    assert service.sync("hook-user", "daily").success
+    assert sim.trigger_shop_redact("hooks")
+    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    client = service.engine.dynamodb
+    for table in (settings.tables.orders, settings.tables.products, settings.tables.customers,
+                  settings.tables.checkpoints):
+        left = client.query(TableName=table, KeyConditionExpression="userId = :u",
+                            ExpressionAttributeValues={":u": {"S": "hook-user"}})["Items"]
+        assert left == [], table
+    connection = client.get_item(TableName=settings.tables.connections, Key={"userId": {"S": "hook-user"}})
+    assert connection.get("Item") is None
+
+
+def server_handler(server):
+    return server.handler

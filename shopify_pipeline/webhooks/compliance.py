@@ -1,0 +1,132 @@
+"""Shopify's mandatory compliance webhooks (issue #15): what we store about a customer is erased, or handed
+over, when the merchant asks; a shop's data is erased after it uninstalled the app. Shopify gives 30 days; we
+act when the webhook arrives. Each action is logged with ids only, never the personal data.
+
+- `customers/redact`: the customer's record is deleted (with a tombstone, so a late webhook cannot bring it
+  back) and the personal fields (`ORDER_PERSONAL_FIELDS`) of the listed `orders_to_redact` are blanked in the
+  orders table. Shopify erases them on its side too, so a later sync does not bring them back.
+- `shop/redact`: every item of the shop's user is deleted: records and their chunks in the three record
+  tables, checkpoints with their staged pages, status, failed batches, leases and tombstones, and the
+  connection itself.
+- `customers/data_request`: the customer's stored record and the listed orders are written as one JSON file
+  to `SHOPIFY_DATA_REQUEST_DIR` (for the merchant, who must hand it to the customer), and a record of the
+  request (id, file, time) is kept in `sync_checkpoints` (`data_request_{id}`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from shopify_pipeline.dynamo.client import translate_errors
+from shopify_pipeline.dynamo.codec import REST, document_key, shape_of
+from shopify_pipeline.dynamo.records import RecordChanges, RecordTable, StaleChangeError
+from shopify_pipeline.exact_json import dumps_json
+from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES
+
+log = logging.getLogger(__name__)
+
+# What of an order identifies its customer, per stored shape: blanked (set to null) by customers/redact.
+ORDER_PERSONAL_FIELDS = {
+    REST: ("email", "contact_email", "phone", "customer", "billing_address", "shipping_address", "browser_ip",
+           "client_details", "note", "note_attributes", "customer_locale"),
+    "graphql": ("email", "phone", "customer", "billingAddress", "shippingAddress", "note"),
+}
+
+
+def data_request_dir() -> Path:
+    """Where data requests are written: `SHOPIFY_DATA_REQUEST_DIR`, else ./data_requests."""
+    return Path(os.environ.get("SHOPIFY_DATA_REQUEST_DIR") or "data_requests")
+
+
+class Compliance:
+    """The three compliance actions on one engine's tables."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.changes = RecordChanges(engine.dynamodb, engine.settings)
+
+    def redact_customer(self, user_id: str, customer_id: int, order_ids: list[int], at: str) -> dict:
+        self.changes.delete(user_id, "customers", customer_id, at)
+        orders = RecordTable(self.engine.dynamodb, self.engine.settings, "orders")
+        redacted = 0
+        for order_id in order_ids:
+            document = orders.get(user_id, order_id)
+            if document is None:
+                continue
+            for name in ORDER_PERSONAL_FIELDS[shape_of(document)]:
+                if name in document:
+                    document[name] = None
+            try:
+                self.changes.upsert(user_id, "orders", document)
+                redacted += 1
+            except StaleChangeError:
+                continue  # deleted meanwhile: nothing of it is left to redact
+        log.warning("customers/redact for %s: customer %s deleted, %d of %d orders redacted", user_id, customer_id,
+                    redacted, len(order_ids))
+        return {"customer": customer_id, "orders_redacted": redacted}
+
+    def redact_shop(self, user_id: str) -> dict:
+        from shopify_pipeline.sync.service import SyncService
+
+        service = SyncService(self.engine)
+        for sync_type in SYNC_TYPES:  # checkpoints and their staged pages
+            service.clear_checkpoint(user_id, sync_type)  # refused while a sync runs: Shopify retries
+        deleted = {data_type: self._delete_records(user_id, data_type) for data_type in DATA_TYPES}
+        deleted["state"] = self._delete_user_items(self.engine.settings.tables.checkpoints, user_id)
+        self.engine.connections.remove(user_id)
+        log.warning("shop/redact for %s: every record, checkpoint, status and the connection deleted (%s)",
+                    user_id, deleted)
+        return deleted
+
+    def data_request(self, user_id: str, customer_id: int, order_ids: list[int], request_id: str, at: str) -> dict:
+        customers = RecordTable(self.engine.dynamodb, self.engine.settings, "customers")
+        orders = RecordTable(self.engine.dynamodb, self.engine.settings, "orders")
+        export = {"user": user_id, "customer_id": customer_id, "data_request_id": request_id, "exported_at": at,
+                  "customer": customers.get(user_id, customer_id),
+                  "orders": [doc for doc in (orders.get(user_id, order_id) for order_id in order_ids) if doc]}
+        directory = data_request_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{user_id}-customer-{customer_id}-request-{request_id}.json"
+        path.write_text(dumps_json(export))
+        path.chmod(0o600)  # personal data: readable by the owner only
+        table = self.engine.settings.tables.checkpoints
+        with translate_errors(table, self.engine.dynamodb.meta.endpoint_url):
+            self.engine.dynamodb.put_item(TableName=table, Item={
+                "userId": {"S": user_id}, "syncType": {"S": f"data_request_{request_id}"},
+                "customerId": {"N": str(customer_id)}, "file": {"S": str(path)}, "at": {"S": at},
+                "orders": {"N": str(len(export["orders"]))}})
+        log.warning("customers/data_request %s for %s: customer %s and %d orders written to %s", request_id,
+                    user_id, customer_id, len(export["orders"]), path)
+        return {"file": str(path), "orders": len(export["orders"])}
+
+    def _delete_records(self, user_id: str, data_type: str) -> int:
+        settings, client = self.engine.settings, self.engine.dynamodb
+        table = settings.tables.records(data_type)
+        items = list(RecordTable(client, settings, data_type).items(user_id, ["userId", "id", "docChunks"]))
+        for item in items:  # chunks of documents too big for one item
+            for chunk in range(int(item.get("docChunks", {}).get("N", "0"))):
+                key = document_key(table, user_id, int(item["id"]["N"]))
+                with translate_errors(settings.tables.documents, client.meta.endpoint_url):
+                    client.delete_item(TableName=settings.tables.documents,
+                                       Key={"documentKey": {"S": key}, "chunk": {"N": str(chunk)}})
+        self.engine.writer.delete_records(user_id, data_type, [int(item["id"]["N"]) for item in items])
+        return len(items)
+
+    def _delete_user_items(self, table: str, user_id: str) -> int:
+        client = self.engine.dynamodb
+        kwargs = {"TableName": table, "KeyConditionExpression": "userId = :u",
+                  "ExpressionAttributeValues": {":u": {"S": user_id}}, "ProjectionExpression": "userId, syncType",
+                  "ConsistentRead": True}
+        count = 0
+        while True:
+            with translate_errors(table, client.meta.endpoint_url):
+                page = client.query(**kwargs)
+                for item in page["Items"]:
+                    client.delete_item(TableName=table, Key=item)
+                    count += 1
+            if "LastEvaluatedKey" not in page:
+                return count
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
