@@ -89,6 +89,23 @@ def _webhooks(args: argparse.Namespace) -> int:
     from shopify_pipeline.webhooks.server import WebhookServer
 
     engine = _service().engine
+    if args.action == "subscribe":
+        from shopify_pipeline.webhooks.subscriptions import subscribe
+
+        if not (args.user and args.address):
+            raise SystemExit("webhooks subscribe needs --user and --address")
+        from shopify_pipeline.shopify.graphql import GraphQLClient
+
+        client = engine.shopify_client(engine.connections.get(args.user))  # GraphQL, whatever the sync API
+        try:
+            outcome = subscribe(GraphQLClient(client), args.address)
+        finally:
+            client.close()
+        _print(args, outcome, f"subscribed {args.user}: {len(outcome['created'])} created, "
+                              f"{len(outcome['existing'])} already there")
+        return 0
+    if not args.secret_ref:
+        raise SystemExit("webhooks serve needs --secret-ref (where the app's client secret is)")
     server = WebhookServer(WebhookHandler(engine, resolve_token(args.secret_ref, engine.secrets)), port=args.port)
     print(f"serving Shopify webhooks at {server.url} (Ctrl-C to stop)", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
@@ -269,10 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "exchange for an expiring pair (public apps' migration)")
 
     webhooks = command("webhooks", _webhooks, "serve Shopify webhooks locally (development, the demo)", user=False)
-    webhooks.add_argument("action", choices=("serve",))
-    webhooks.add_argument("--port", type=int, default=8081, help="port on 127.0.0.1 (default 8081)")
-    webhooks.add_argument("--secret-ref", required=True,
-                          help="where the app's client secret (the HMAC key) is: env:VAR, secretsmanager:ID")
+    webhooks.add_argument("action", choices=("serve", "subscribe"))
+    webhooks.add_argument("--port", type=int, default=8081, help="serve: port on 127.0.0.1 (default 8081)")
+    webhooks.add_argument("--secret-ref",
+                          help="serve: where the app's client secret (the HMAC key) is: env:VAR, secretsmanager:ID")
+    webhooks.add_argument("--user", help="subscribe: the user whose shop to subscribe")
+    webhooks.add_argument("--address", help="subscribe: our webhook endpoint (https://…) or EventBridge ARN")
 
     sync = command("sync", _sync, "sync one user now (fetch and load), with progress")
     sync.add_argument("--type", choices=SYNC_TYPE_CHOICES, default=AUTO,

@@ -7,6 +7,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -18,6 +21,7 @@ from shopify_pipeline.sync.engine import SyncEngine, SyncOptions
 from shopify_pipeline.sync.service import SyncService
 from shopify_pipeline.webhooks.handler import RECORD_TOPICS, WebhookHandler
 from shopify_pipeline.webhooks.server import WebhookServer
+from shopify_pipeline.webhooks.subscriptions import TOPICS
 from shopify_pipeline_tests.support.graphql_truth import graphql_truth
 from shopify_pipeline_tests.sync.conftest import stored
 
@@ -203,3 +207,20 @@ def test_shop_redact_deletes_every_item_of_the_shop(service, sim, compliance):
 
 def server_handler(server):
     return server.handler
+
+
+def test_webhooks_subscribe_registers_every_topic_once(service, sim, settings):
+    address = "https://hooks.example.com/shopify"
+    prefix = settings.tables.checkpoints.removesuffix("sync_checkpoints")
+    env = {**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": settings.dynamodb_endpoint_url,
+           "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix, "SHOPIFY_ALLOW_LOCAL_SHOPS": "1"}
+    command = [sys.executable, "-m", "shopify_pipeline.cli", "webhooks", "subscribe", "--user", "hook-user",
+               "--address", address, "--json"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert len(json.loads(first.stdout)["created"]) == len(TOPICS) and json.loads(again.stdout)["created"] == []
+    mine = [s for s in sim.webhook_subscriptions("hooks") if s["uri"] == address]
+    assert sorted(s["topic"] for s in mine) == sorted(TOPICS)
+    for subscription in mine:
+        sim.unsubscribe("hooks", subscription["id"])
