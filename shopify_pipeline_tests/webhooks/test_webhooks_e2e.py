@@ -224,3 +224,57 @@ def test_webhooks_subscribe_registers_every_topic_once(service, sim, settings):
     assert sorted(s["topic"] for s in mine) == sorted(TOPICS)
     for subscription in mine:
         sim.unsubscribe("hooks", subscription["id"])
+
+
+# The Lambda door --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lambda_env(settings, sim, monkeypatch):
+    from shopify_pipeline.webhooks import aws_lambda
+
+    prefix = settings.tables.checkpoints.removesuffix("sync_checkpoints")
+    for name, value in {"AWS_ENDPOINT_URL_DYNAMODB": settings.dynamodb_endpoint_url,
+                        "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix, "SHOPIFY_ALLOW_LOCAL_SHOPS": "1",
+                        "SHOPIFY_APP_SECRET_REF": f"literal:{sim.webhook_secret('hooks')}"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(aws_lambda, "_handler", None)  # a new container
+    yield aws_lambda.handler
+    monkeypatch.setattr(aws_lambda, "_handler", None)
+
+
+def _headers(sim, topic: str, body: bytes, event_id: str) -> dict:
+    return {"x-shopify-topic": topic, "x-shopify-shop-domain": "hooks.myshopify.com", "x-shopify-event-id": event_id,
+            "x-shopify-triggered-at": "2026-11-29T00:00:00.000000Z", "x-shopify-hmac-sha256": _sign(sim, body),
+            "content-type": "application/json"}
+
+
+def test_the_lambda_takes_a_function_url_invocation_with_its_hmac(service, sim, lambda_env):
+    (order,) = sim.update_records("hooks", "orders", n=1, seed=51)
+    body = json.dumps({"id": order}).encode()
+    event = {"version": "2.0", "rawPath": "/", "headers": _headers(sim, "orders/updated", body, "lambda-1"),
+             "requestContext": {"http": {"method": "POST"}}, "isBase64Encoded": True,
+             "body": base64.b64encode(body).decode()}
+    assert lambda_env(event, None)["statusCode"] == 200
+    assert stored(service, "hook-user", "orders")[order] == graphql_truth(sim, "hooks", "orders")[order]
+    forged = {**event, "headers": {**event["headers"], "x-shopify-hmac-sha256": _sign(sim, b"other")}}
+    assert lambda_env(forged, None)["statusCode"] == 401
+
+
+def test_the_lambda_takes_eventbridge_events_through_sqs_and_reports_only_failures(service, sim, lambda_env):
+    (order,) = sim.update_records("hooks", "orders", n=1, seed=52)
+    (gone,) = sim.delete_records("hooks", "customers", n=1, seed=53)
+
+    def message(number: int, topic: str, payload: dict) -> dict:
+        detail = {"payload": payload, "metadata": {"X-Shopify-Topic": topic, "X-Shopify-Event-Id": f"eb-{number}",
+                                                   "X-Shopify-Shop-Domain": "hooks.myshopify.com",
+                                                   "X-Shopify-Triggered-At": "2026-11-29T00:00:00.000000Z"}}
+        event = {"version": "0", "id": f"e{number}", "detail-type": "shopifyWebhook",
+                 "source": "aws.partner/shopify.com/1/pipeline", "detail": detail}
+        return {"messageId": f"m{number}", "body": json.dumps(event)}
+
+    answer = lambda_env({"Records": [message(1, "orders/updated", {"id": order}),
+                                     message(2, "customers/delete", {"id": gone})]}, None)
+    assert answer == {"batchItemFailures": []}
+    assert stored(service, "hook-user", "orders")[order] == graphql_truth(sim, "hooks", "orders")[order]
+    assert gone not in stored(service, "hook-user", "customers")
