@@ -14,6 +14,7 @@ from shopify_pipeline.defs.partitions import user_partitions
 from shopify_pipeline.defs.resources import SyncEngineResource
 from shopify_pipeline.dynamo.records import RecordTable
 from shopify_pipeline.settings import DATA_TYPES
+from shopify_pipeline.webhooks.handler import WEBHOOK_STATUS
 
 
 def build_sync_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
@@ -62,7 +63,28 @@ def build_sync_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
                       "age_hours": dg.MetadataValue.float(round(age_hours, 2) if age_hours is not None else -1.0)},
         )
 
-    return [record_count_matches_shopify, synced_within_26h]
+    @dg.asset_check(asset=table_key(data_type), name="webhooks_applied", partitions_def=user_partitions,
+                    description=f"This user's {data_type} webhooks: none rejected, and the lag of the last one "
+                    "applied (Shopify's trigger to DynamoDB). Passes when the user gets no webhooks.")
+    def webhooks_applied(context: dg.AssetCheckExecutionContext,
+                         sync_engine: SyncEngineResource) -> dg.AssetCheckResult:
+        engine, user = sync_engine.engine(), context.partition_key
+        with permanent_errors_fail_at_once():
+            item = engine.dynamodb.get_item(
+                TableName=engine.settings.tables.checkpoints, ConsistentRead=True,
+                Key={"userId": {"S": user}, "syncType": {"S": WEBHOOK_STATUS}}).get("Item") or {}
+        counts = {result: int(item.get(f"{result}_{data_type}", {}).get("N", "0"))
+                  for result in ("applied", "duplicate", "stale", "rejected")}
+        lag = float(item.get(f"lagSeconds_{data_type}", {}).get("N", "-1"))
+        return dg.AssetCheckResult(
+            passed=counts["rejected"] == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={**{f"events_{k}": dg.MetadataValue.int(v) for k, v in counts.items()},
+                      "last_applied": dg.MetadataValue.text(item.get(f"lastApplied_{data_type}", {}).get("S", "never")),
+                      "last_lag_seconds": dg.MetadataValue.float(lag)},
+        )
+
+    return [record_count_matches_shopify, synced_within_26h, webhooks_applied]
 
 
 # Partitioned asset checks are a preview feature in Dagster 1.13; per-user results need them.

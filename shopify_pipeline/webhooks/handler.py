@@ -39,6 +39,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 
+from shopify_pipeline.dynamo.client import translate_errors
 from shopify_pipeline.dynamo.connections import Connection
 from shopify_pipeline.dynamo.records import RecordChanges, StaleChangeError
 from shopify_pipeline.errors import PermanentError
@@ -62,6 +63,7 @@ RECORD_TOPICS = {
 }
 # app/uninstalled and the mandatory compliance topics (sent to the app's compliance URL).
 OTHER_TOPICS = ("app/uninstalled", "customers/redact", "customers/data_request", "shop/redact")
+WEBHOOK_STATUS = "webhook_status"  # the per-user counters item in sync_checkpoints
 EVENT_DAYS = 7  # an event id is remembered this long (Shopify retries a delivery for 4 hours)
 CONNECTIONS_SECONDS = 60.0  # connections are read again at most this often (and for a shop not seen yet)
 
@@ -154,7 +156,28 @@ class WebhookHandler:
             result = self._apply_once(event=event)
         except IdempotencyAlreadyInProgressError:
             return Outcome(409, "in_progress", "the same event is being applied; Shopify retries it")
+        if delivery.topic != "shop/redact":  # nothing of an erased shop is written again, counters included
+            self._note(connection.user_id, delivery, result["result"])
         return Outcome(200, result["result"], result.get("detail", ""))
+
+    def _note(self, user_id: str, delivery: Delivery, result: str) -> None:
+        """Per user and data type: how many events were applied, duplicates, stale or rejected, and the lag of
+        the last one applied (from Shopify's trigger to now). The `webhooks_applied` asset check reads it."""
+        data_type = RECORD_TOPICS.get(delivery.topic, ("shop", ""))[0]
+        now = self._now()
+        names = {"#c": f"{result}_{data_type}"}
+        values = {":one": {"N": "1"}, ":now": {"S": now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+        expression = "ADD #c :one SET updatedAt = :now"
+        triggered = _parse_time(delivery.triggered_at)
+        if result == "applied" and triggered is not None:
+            names.update({"#l": f"lastApplied_{data_type}", "#g": f"lagSeconds_{data_type}"})
+            values[":lag"] = {"N": f"{max(0.0, (now - triggered).total_seconds()):.3f}"}
+            expression += ", #l = :now, #g = :lag"
+        table = self.engine.settings.tables.checkpoints
+        with translate_errors(table, self.engine.dynamodb.meta.endpoint_url):
+            self.engine.dynamodb.update_item(
+                TableName=table, Key={"userId": {"S": user_id}, "syncType": {"S": WEBHOOK_STATUS}},
+                UpdateExpression=expression, ExpressionAttributeNames=names, ExpressionAttributeValues=values)
 
     def authentic(self, delivery: Delivery) -> bool:
         expected = base64.b64encode(hmac.new(self._secret, delivery.body, hashlib.sha256).digest())
@@ -213,6 +236,13 @@ class WebhookHandler:
 
     def _iso_now(self) -> str:
         return self._now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat((text or "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _compliance_fields(body: dict) -> dict:

@@ -1,5 +1,8 @@
 """Materializing user partitions with a real Dagster instance, DynamoDB Local and the simulator."""
 
+import base64
+import hashlib
+import hmac
 import json
 import uuid
 import warnings
@@ -53,7 +56,7 @@ def test_a_user_partition_fills_dynamodb_exactly(instance, sync_engine, engine, 
         assert fetched["failed_pages"] == 0 and loaded["failed_batches"] == 0 and loaded["finished"]
         assert "updated_at" in loaded["preview"] and loaded["preview"].count("\n") == 6  # header, rule, 5 rows
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == 12 and all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks]
+    assert len(checks) == 15 and all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks]
     assert {c.partition for c in checks} == {"user-acme"}
     assert metadata(result, pages_key("orders"))["pages"] >= 7  # 700 orders in 4 slices of 100-record pages
     partitions = instance.get_materialized_partitions(table_key("orders"))
@@ -142,6 +145,21 @@ def test_a_dagster_run_refreshes_an_expiring_token_kept_in_secrets_manager(insta
     events = json.dumps([repr(record) for record in instance.all_logs(result.run_id)])
     secret_values = [*sim.valid_access_tokens("public"), *sim.valid_refresh_tokens("public"), "app-secret-d4c1"]
     assert not [value[:8] for value in secret_values if value in events]
+
+
+def test_a_rejected_webhook_fails_the_users_webhooks_applied_check(instance, sync_engine, engine, connected, sim):
+    from shopify_pipeline.webhooks.handler import Delivery, WebhookHandler
+
+    handler = WebhookHandler(engine, sim.webhook_secret("small"))
+    body = json.dumps({"id": "not-a-number"}).encode()
+    signature = base64.b64encode(hmac.new(sim.webhook_secret("small").encode(), body, hashlib.sha256).digest())
+    outcome = handler.handle(Delivery("orders/updated", "small.myshopify.com", "evt-1", "2026-11-29T00:00:00Z",
+                                      body, signature.decode()))
+    assert outcome.result == "rejected"
+    result = materialize(instance, sync_engine, "user-small", data_types=("orders",))
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["webhooks_applied"].passed is False
+    assert checks["webhooks_applied"].metadata["events_rejected"].value == 1
 
 
 def test_a_transient_fault_is_retried_by_the_retry_policy_and_succeeds(instance, sync_engine, engine, connected,

@@ -74,6 +74,11 @@ def test_a_storm_of_duplicated_reordered_stale_and_missigned_deliveries_ends_equ
     assert stats["dropped"] == 0, stats
     _equal(service, sim)
     assert not set(deleted) & set(stored(service, "hook-user", "orders"))
+    counts = service.engine.dynamodb.get_item(TableName=service.engine.settings.tables.checkpoints,
+                                              Key={"userId": {"S": "hook-user"}, "syncType": {"S": "webhook_status"}})
+    counts = {name: value for name, value in counts["Item"].items()}
+    assert int(counts["applied_orders"]["N"]) > 0 and int(counts["duplicate_orders"]["N"]) > 0
+    assert "rejected_orders" not in counts and float(counts["lagSeconds_orders"]["N"]) >= 0
     # The next daily sync (the reconciliation) finds nothing to change.
     assert service.sync("hook-user", "daily").success
     _equal(service, sim)
