@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 
 from shopify_pipeline.dynamo.client import ConditionFailedError, translate_errors
 from shopify_pipeline.dynamo.codec import deserialize, serialize
@@ -53,6 +54,7 @@ class Connection:
     auth: str = "static"
     client_ref: str | None = None
     disconnected_at: str | None = None  # when the merchant uninstalled the app (a webhook said so)
+    connected_at: str | None = None  # when `users add` last wrote it (an older uninstall does not apply)
 
     def stored_shape(self, data_type: str) -> str | None:
         """The shape (graphql or rest) of this user's `data_type` documents in DynamoDB, as written by the
@@ -102,7 +104,7 @@ class ConnectionStore:
             "createdAt": old["createdAt"] if same_shop else {"S": now_iso()},
             "lastSync": old.get("lastSync", {"M": {}}) if same_shop else {"M": {}},
             "highWater": old.get("highWater", {"M": {}}) if same_shop else {"M": {}},
-            "api": {"S": api}, "auth": {"S": auth},
+            "api": {"S": api}, "auth": {"S": auth}, "connectedAt": {"S": now_iso()},
         }
         if client_ref:
             item["clientRef"] = {"S": client_ref}
@@ -129,11 +131,23 @@ class ConnectionStore:
                 return sorted(connections, key=lambda c: c.user_id)
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def mark_disconnected(self, user_id: str, at: str) -> None:
-        """The merchant uninstalled the app (`app/uninstalled`): scheduled syncs skip the user until it is
-        connected again (`users add`, which writes the connection anew). Its data is kept."""
-        self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression="SET disconnectedAt = :at",
-                   ExpressionAttributeValues={":at": {"S": at}})
+    def mark_disconnected(self, user_id: str, at: str, before: str | None = None) -> bool:
+        """The merchant uninstalled the app (`app/uninstalled`, triggered at `before`): scheduled syncs skip the
+        user until it is connected again (`users add`, which writes the connection anew). Its data is kept.
+        Returns False, changing nothing, when the connection was made after `before` (a late delivery of an
+        earlier uninstall) or is gone."""
+        current = self.get(user_id)
+        if before and current.connected_at and _moment(current.connected_at) > _moment(before):
+            return False
+        condition = "attribute_exists(userId) AND " + (
+            "connectedAt = :c" if current.connected_at else "attribute_not_exists(connectedAt)")
+        values = {":at": {"S": at}, **({":c": {"S": current.connected_at}} if current.connected_at else {})}
+        try:
+            self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression="SET disconnectedAt = :at",
+                       ConditionExpression=condition, ExpressionAttributeValues=values)
+        except ConditionFailedError:
+            return False  # connected again (or removed) meanwhile
+        return True
 
     def remove(self, user_id: str) -> bool:
         old = self._call("delete_item", Key={"userId": {"S": user_id}}, ReturnValues="ALL_OLD")
@@ -177,9 +191,18 @@ class ConnectionStore:
                    ConditionExpression="attribute_exists(userId)")
 
 
+def _moment(text: str) -> datetime:
+    """An ISO timestamp (with or without fractions, Z or an offset) as an aware datetime; unreadable: the epoch."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.fromtimestamp(0, timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def _connection(item: dict) -> Connection:
     data = {k: deserialize(v) for k, v in item.items()}
     return Connection(data["userId"], data["shop"], data["tokenRef"], data.get("createdAt"),
                       data.get("lastSync", {}), data.get("highWater", {}), data.get("lastFailedRun"),
                       data.get("api", "rest"), data.get("shapes", {}), data.get("auth", "static"),
-                      data.get("clientRef"), data.get("disconnectedAt"))
+                      data.get("clientRef"), data.get("disconnectedAt"), data.get("connectedAt"))

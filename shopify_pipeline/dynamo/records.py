@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from botocore.exceptions import ClientError
 
 from shopify_pipeline.dynamo.client import DynamoThrottledError, error_code, translate_errors
-from shopify_pipeline.dynamo.codec import decode_record, encode_record
+from shopify_pipeline.dynamo.codec import decode_record, document_key, encode_record
 from shopify_pipeline.dynamo.state import BlobStore
 from shopify_pipeline.settings import Settings
 
@@ -103,9 +103,14 @@ class RecordChanges:
         table = self._settings.tables.records(data_type)
         encoded = encode_record(table, user_id, data_type, doc, self._settings.max_item_bytes,
                                 native=self._settings.document_format == "native")
-        with translate_errors(self._settings.tables.documents, self._client.meta.endpoint_url):
-            for chunk in encoded.chunks:  # chunks first: the record item never points at missing chunks
-                self._client.put_item(TableName=self._settings.tables.documents, Item=chunk)
+        stored = self._stored(table, user_id, encoded.record_id)
+        if encoded.chunks:
+            # Chunks are written outside the transaction: never over the chunks of a newer stored copy.
+            if stored and stored.get("updatedAt", {}).get("S", "") > encoded.item.get("updatedAt", {}).get("S", ""):
+                raise StaleChangeError(f"{data_type} {encoded.record_id}: the stored copy is newer")
+            with translate_errors(self._settings.tables.documents, self._client.meta.endpoint_url):
+                for chunk in encoded.chunks:  # chunks first: the record item never points at missing chunks
+                    self._client.put_item(TableName=self._settings.tables.documents, Item=chunk)
         condition = "attribute_not_exists(id)"
         values = {}
         if "updatedAt" in encoded.item:
@@ -120,17 +125,35 @@ class RecordChanges:
                                 "ConditionExpression": "attribute_not_exists(userId)"}},
             {"Put": put},
         ], f"{data_type} {encoded.record_id}")
+        self._drop_chunks(table, user_id, encoded.record_id, stored, keep=len(encoded.chunks))
 
     def delete(self, user_id: str, data_type: str, record_id: int, deleted_at: str) -> None:
         """Delete the record and leave its tombstone (both or neither)."""
         table = self._settings.tables.records(data_type)
         ttl = int(time.time()) + self.TOMBSTONE_DAYS * 86_400
+        stored = self._stored(table, user_id, record_id)
         self._transact(table, [
             {"Put": {"TableName": self._settings.tables.checkpoints,
                      "Item": {**self._tombstone_key(user_id, data_type, record_id), "deletedAt": {"S": deleted_at},
                               "ttl": {"N": str(ttl)}}}},
             {"Delete": {"TableName": table, "Key": {"userId": {"S": user_id}, "id": {"N": str(record_id)}}}},
         ], f"{data_type} {record_id}")
+        self._drop_chunks(table, user_id, record_id, stored, keep=0)
+
+    def _stored(self, table: str, user_id: str, record_id: int) -> dict | None:
+        with translate_errors(table, self._client.meta.endpoint_url):
+            return self._client.get_item(TableName=table, ConsistentRead=True,
+                                         ProjectionExpression="updatedAt, docChunks",
+                                         Key={"userId": {"S": user_id}, "id": {"N": str(record_id)}}).get("Item")
+
+    def _drop_chunks(self, table: str, user_id: str, record_id: int, stored: dict | None, keep: int) -> None:
+        """Delete the chunks of the copy replaced (or deleted) beyond the `keep` the new copy uses."""
+        had = int((stored or {}).get("docChunks", {}).get("N", "0"))
+        key = document_key(table, user_id, record_id)
+        with translate_errors(self._settings.tables.documents, self._client.meta.endpoint_url):
+            for chunk in range(keep, had):
+                self._client.delete_item(TableName=self._settings.tables.documents,
+                                         Key={"documentKey": {"S": key}, "chunk": {"N": str(chunk)}})
 
     def deleted(self, user_id: str, data_type: str, record_id: int) -> bool:
         with translate_errors(self._settings.tables.checkpoints, self._client.meta.endpoint_url):

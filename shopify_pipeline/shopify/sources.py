@@ -289,6 +289,23 @@ class GraphQLSource:
             node[field].pop("pageInfo", None)
         return self._page(data_type, nodes, page_info, position)
 
+    def record(self, data_type: str, record_id: int) -> dict | None:
+        """One record by its numeric id, read directly (`node(id:)`, not the search index, which lags new
+        records), complete as a page's records are; None when Shopify has no such record."""
+        query = (f"query One($id: ID!) {{ node(id: $id) {{ ... on {TYPE_NAMES[data_type]} "
+                 f"{{ {RECORD_FIELDS[data_type]} }} }} }}")
+        node = self.graphql.execute(query, {"id": f"gid://shopify/{TYPE_NAMES[data_type]}/{int(record_id)}"}
+                                    ).data.get("node")
+        if node is None:
+            return None
+        if not isinstance(node, dict) or node.get("legacyResourceId") not in (str(record_id), record_id):
+            raise UnexpectedAnswerError(f"Shopify answered node({data_type} {record_id}) with another object")
+        field, _, first, item_cost = NESTED[data_type]
+        self.nested_queries += self.graphql.complete_nested([node], field, nested_query(data_type), first,
+                                                            expected_cost=3 + first * item_cost)
+        node[field].pop("pageInfo", None)
+        return node
+
     def deletions_page(self, data_type: str, since: str, position: str | None) -> SourcePage:
         query = f"action:destroy AND subject_type:{SUBJECT_TYPES[data_type]} AND created_at:>='{since}'"
         nodes, page_info = self.graphql.connection_page(DELETIONS_QUERY, "events", {"query": query}, position,

@@ -26,6 +26,7 @@ from shopify_pipeline.dynamo.connections import Connection, ConnectionStore
 from shopify_pipeline.dynamo.lease import HeldLease, LeaseLostError, new_owner
 from shopify_pipeline.dynamo.pages import PAGES_PER_SLICE, PageStore, page_number, sync_key
 from shopify_pipeline.dynamo.records import RecordTable
+from shopify_pipeline.dynamo.redaction import Redactions
 from shopify_pipeline.dynamo.state import Checkpoint, CheckpointError, StateStore
 from shopify_pipeline.errors import PermanentError, TransientError
 from shopify_pipeline.exact_json import parse_json
@@ -604,6 +605,10 @@ class SyncEngine:
             self.state.set_status(user_id, data_type, "loading", sync_type, fence=fence, stage="load", page=index,
                                   recordCount=position, message=message, **state.get("last_run", {}))
             progress(message)
+        # Redacted customers and orders (customers/redact) stay redacted even if Shopify still served them.
+        lease.check()
+        Redactions(self.dynamodb, self.settings).reapply(RecordTable(self.dynamodb, self.settings, data_type),
+                                                         self.writer, user_id, data_type)
         still_failed = self.state.failed_batches(user_id, sync_type, data_type)
         result.still_failed = [batch["range"] for batch in still_failed]
         if state.get("bad_records"):

@@ -10,6 +10,10 @@ Three event shapes reach it, all through the same `WebhookHandler`:
   back only that one (enable ReportBatchItemFailures on the event source mapping).
 - **EventBridge → Lambda** directly: one event; a failure raises, so Lambda's retry and the rule's DLQ apply.
 
+An EventBridge event is taken only from Shopify's partner event source (`source` starting with
+`aws.partner/shopify.com`, or exactly `SHOPIFY_EVENTBRIDGE_SOURCE` when set); anything with HTTP fields goes
+through the HMAC. The Lambda context bounds each event's claim, so one left by a timeout ends with it.
+
 Configured by the environment, as the CLI: the DynamoDB tables (`SHOPIFY_PIPELINE_TABLE_PREFIX`, …), and
 `SHOPIFY_APP_SECRET_REF` (where the app's client secret is: `secretsmanager:ID` in production). The handler and
 its clients are built once per container.
@@ -48,25 +52,43 @@ def webhook_handler() -> WebhookHandler:
 def handler(event: dict, context: object = None) -> dict:
     """The Lambda entry point (see the module doc for the shapes it takes)."""
     webhook = webhook_handler()
+    if "requestContext" in event or "headers" in event:  # HTTPS: always through the HMAC
+        body = event.get("body") or ""
+        raw = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode()
+        outcome = webhook.handle(Delivery.from_http(event.get("headers") or {}, raw), context)
+        return {"statusCode": outcome.status, "headers": {"Content-Type": "application/json"},
+                "body": json.dumps({"result": outcome.result, "detail": outcome.detail})}
     if isinstance(event.get("Records"), list):
-        return _sqs_batch(webhook, event["Records"])
+        return _sqs_batch(webhook, event["Records"], context)
     if "detail" in event and "detail-type" in event:
-        outcome = webhook.handle(Delivery.from_eventbridge(event))
+        if not _from_shopify(event):
+            log.warning("an EventBridge event from %s refused: not Shopify's partner event source",
+                        str(event.get("source"))[:100])
+            return {"status": 403, "result": "rejected"}
+        outcome = webhook.handle(Delivery.from_eventbridge(event), context)
         if outcome.status >= 500 or outcome.status == 409:
             raise RuntimeError(f"webhook not applied ({outcome.status} {outcome.result}); Lambda retries it")
         return {"status": outcome.status, "result": outcome.result}
-    body = event.get("body") or ""
-    raw = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode()
-    outcome = webhook.handle(Delivery.from_http(event.get("headers") or {}, raw))
-    return {"statusCode": outcome.status, "headers": {"Content-Type": "application/json"},
-            "body": json.dumps({"result": outcome.result, "detail": outcome.detail})}
+    return {"status": 400, "result": "rejected", "detail": "not an HTTPS, SQS or EventBridge event"}
 
 
-def _sqs_batch(webhook: WebhookHandler, records: list[dict]) -> dict:
+def _from_shopify(event: dict) -> bool:
+    """Whether an EventBridge event comes from Shopify's partner event source (and, when
+    SHOPIFY_EVENTBRIDGE_SOURCE is set, exactly that source)."""
+    source = str(event.get("source") or "")
+    wanted = os.environ.get("SHOPIFY_EVENTBRIDGE_SOURCE")
+    return source == wanted if wanted else source.startswith("aws.partner/shopify.com")
+
+
+def _sqs_batch(webhook: WebhookHandler, records: list[dict], context: object) -> dict:
     failures = []
     for record in records:
         try:
-            outcome = webhook.handle(Delivery.from_eventbridge(json.loads(record.get("body") or "{}")))
+            event = json.loads(record.get("body") or "{}")
+            if not _from_shopify(event):
+                log.warning("SQS message %s refused: not from Shopify's partner event source", record.get("messageId"))
+                continue  # not retried: it will never be Shopify's
+            outcome = webhook.handle(Delivery.from_eventbridge(event), context)
             failed = outcome.status >= 500 or outcome.status == 409
         except Exception as error:  # noqa: BLE001 - this message is retried by SQS; the others go on
             log.warning("webhook message %s failed: %s", record.get("messageId"), type(error).__name__)

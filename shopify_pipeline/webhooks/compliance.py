@@ -2,9 +2,9 @@
 over, when the merchant asks; a shop's data is erased after it uninstalled the app. Shopify gives 30 days; we
 act when the webhook arrives. Each action is logged with ids only, never the personal data.
 
-- `customers/redact`: the customer's record is deleted (with a tombstone, so a late webhook cannot bring it
-  back) and the personal fields (`ORDER_PERSONAL_FIELDS`) of the listed `orders_to_redact` are blanked in the
-  orders table. Shopify erases them on its side too, so a later sync does not bring them back.
+- `customers/redact`: the customer's record is deleted (with a tombstone) and the personal fields
+  (`dynamo/redaction.py`) of the listed `orders_to_redact` are blanked in the orders table; permanent markers
+  keep them so against later webhooks and syncs (Shopify may serve the data for a while still).
 - `shop/redact`: every item of the shop's user is deleted: records and their chunks in the three record
   tables, checkpoints with their staged pages, status, failed batches, leases and tombstones, and the
   connection itself.
@@ -20,19 +20,13 @@ import os
 from pathlib import Path
 
 from shopify_pipeline.dynamo.client import translate_errors
-from shopify_pipeline.dynamo.codec import REST, document_key, shape_of
+from shopify_pipeline.dynamo.codec import document_key, record_key
 from shopify_pipeline.dynamo.records import RecordChanges, RecordTable, StaleChangeError
+from shopify_pipeline.dynamo.redaction import Redactions, redact_order
 from shopify_pipeline.exact_json import dumps_json
 from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES
 
 log = logging.getLogger(__name__)
-
-# What of an order identifies its customer, per stored shape: blanked (set to null) by customers/redact.
-ORDER_PERSONAL_FIELDS = {
-    REST: ("email", "contact_email", "phone", "customer", "billing_address", "shipping_address", "browser_ip",
-           "client_details", "note", "note_attributes", "customer_locale"),
-    "graphql": ("email", "phone", "customer", "billingAddress", "shippingAddress", "note"),
-}
 
 
 def data_request_dir() -> Path:
@@ -46,26 +40,36 @@ class Compliance:
     def __init__(self, engine) -> None:
         self.engine = engine
         self.changes = RecordChanges(engine.dynamodb, engine.settings)
+        self.redactions = Redactions(engine.dynamodb, engine.settings)
 
     def redact_customer(self, user_id: str, customer_id: int, order_ids: list[int], at: str) -> dict:
+        # The markers first: from now on nothing stores this customer or these orders' personal data again.
+        self.redactions.mark(user_id, "customers", [customer_id], at)
+        self.redactions.mark(user_id, "orders", order_ids, at)
         self.changes.delete(user_id, "customers", customer_id, at)
         orders = RecordTable(self.engine.dynamodb, self.engine.settings, "orders")
         redacted = 0
         for order_id in order_ids:
-            document = orders.get(user_id, order_id)
-            if document is None:
-                continue
-            for name in ORDER_PERSONAL_FIELDS[shape_of(document)]:
-                if name in document:
-                    document[name] = None
-            try:
-                self.changes.upsert(user_id, "orders", document)
-                redacted += 1
-            except StaleChangeError:
-                continue  # deleted meanwhile: nothing of it is left to redact
+            for _ in range(5):  # a newer copy stored meanwhile is redacted in its turn
+                document = orders.get(user_id, order_id)
+                if document is None:
+                    break
+                try:
+                    self.changes.upsert(user_id, "orders", redact_order(document))
+                    redacted += 1
+                    break
+                except StaleChangeError:
+                    continue
+            else:
+                raise RuntimeError(f"order {order_id} kept changing while it was redacted; Shopify retries")
         log.warning("customers/redact for %s: customer %s deleted, %d of %d orders redacted", user_id, customer_id,
                     redacted, len(order_ids))
         return {"customer": customer_id, "orders_redacted": redacted}
+
+    def redacted(self, user_id: str, data_type: str, document: dict) -> dict | None:
+        """`document` as a webhook may store it: None for a redacted customer, blanked for a redacted order."""
+        record_id = record_key(document)
+        return self.redactions.applied(user_id, data_type, document, record_id)
 
     def redact_shop(self, user_id: str) -> dict:
         from shopify_pipeline.sync.service import SyncService
@@ -75,6 +79,10 @@ class Compliance:
             service.clear_checkpoint(user_id, sync_type)  # refused while a sync runs: Shopify retries
         deleted = {data_type: self._delete_records(user_id, data_type) for data_type in DATA_TYPES}
         deleted["state"] = self._delete_user_items(self.engine.settings.tables.checkpoints, user_id)
+        deleted["data_request_files"] = 0
+        for export in data_request_dir().glob(f"{user_id}-customer-*-request-*.json"):
+            export.unlink()
+            deleted["data_request_files"] += 1
         self.engine.connections.remove(user_id)
         log.warning("shop/redact for %s: every record, checkpoint, status and the connection deleted (%s)",
                     user_id, deleted)
@@ -87,10 +95,13 @@ class Compliance:
                   "customer": customers.get(user_id, customer_id),
                   "orders": [doc for doc in (orders.get(user_id, order_id) for order_id in order_ids) if doc]}
         directory = data_request_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{user_id}-customer-{customer_id}-request-{request_id}.json"
-        path.write_text(dumps_json(export))
-        path.chmod(0o600)  # personal data: readable by the owner only
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = directory / f"{user_id}-customer-{customer_id}-request-{int(request_id)}.json"
+        # Personal data: created readable by the owner only (never world-readable for a moment); a request
+        # delivered again rewrites its own file.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(dumps_json(export))
         table = self.engine.settings.tables.checkpoints
         with translate_errors(table, self.engine.dynamodb.meta.endpoint_url):
             self.engine.dynamodb.put_item(TableName=table, Item={

@@ -40,7 +40,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 
 from shopify_pipeline.dynamo.client import translate_errors
-from shopify_pipeline.dynamo.connections import Connection
+from shopify_pipeline.dynamo.connections import Connection, UnknownUserError
 from shopify_pipeline.dynamo.records import RecordChanges, StaleChangeError
 from shopify_pipeline.errors import PermanentError
 from shopify_pipeline.shopify.client import shop_base_url
@@ -61,8 +61,11 @@ RECORD_TOPICS = {
     "customers/create": ("customers", "upsert"), "customers/update": ("customers", "upsert"),
     "customers/delete": ("customers", "delete"),
 }
-# app/uninstalled and the mandatory compliance topics (sent to the app's compliance URL).
-OTHER_TOPICS = ("app/uninstalled", "customers/redact", "customers/data_request", "shop/redact")
+# The mandatory compliance topics (sent to the app's compliance URL), and app/uninstalled.
+COMPLIANCE_TOPICS = ("customers/redact", "customers/data_request", "shop/redact")
+OTHER_TOPICS = ("app/uninstalled", *COMPLIANCE_TOPICS)
+KEY_PREFIX = "shopify-webhook"  # the idempotency key's prefix: the same whichever door or function applies it
+CLAIM_SECONDS = 60.0  # outside Lambda, how long a claim on an event lasts (one left by a crash ends then)
 WEBHOOK_STATUS = "webhook_status"  # the per-user counters item in sync_checkpoints
 EVENT_DAYS = 7  # an event id is remembered this long (Shopify retries a delivery for 4 hours)
 CONNECTIONS_SECONDS = 60.0  # connections are read again at most this often (and for a shop not seen yet)
@@ -112,53 +115,68 @@ class WebhookHandler:
     """Applies deliveries to DynamoDB through the engine's stores and page sources (see the module doc).
     `app_secret` is the app's client secret (the HMAC key); `now` is for tests."""
 
-    def __init__(self, engine, app_secret: str, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
-                 ) -> None:
+    def __init__(self, engine, app_secret: str, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 claim_seconds: float = CLAIM_SECONDS) -> None:
+        if not app_secret:
+            raise ValueError("the app's client secret (the HMAC key) is empty")
         self.engine = engine
         self._secret = app_secret.encode()
         self._now = now
+        self.claim_seconds = claim_seconds
         self.changes = RecordChanges(engine.dynamodb, engine.settings)
         self.compliance = Compliance(engine)
-        self._shops: dict[str, Connection] | None = None
+        self._shops: dict[str, list[Connection]] | None = None
         self._shops_read = 0.0
         self._clock = time.monotonic
         persistence = DynamoDBPersistenceLayer(table_name=engine.settings.tables.webhook_events,
                                                boto3_client=engine.dynamodb)
-        config = IdempotencyConfig(event_key_jmespath="event_id", expires_after_seconds=EVENT_DAYS * 86_400,
-                                   raise_on_no_idempotency_key=True,
-                                   # Called only when the event was applied before: say it was a duplicate.
-                                   response_hook=lambda response, _: {**response, "result": "duplicate"})
+        self._config = IdempotencyConfig(event_key_jmespath="event_id", expires_after_seconds=EVENT_DAYS * 86_400,
+                                         raise_on_no_idempotency_key=True,
+                                         # Called only when the event was applied before: a duplicate.
+                                         response_hook=lambda response, _: {**response, "result": "duplicate"})
         self._apply_once = idempotent_function(data_keyword_argument="event", persistence_store=persistence,
-                                               config=config)(self._apply)
+                                               config=self._config, key_prefix=KEY_PREFIX)(self._apply)
 
-    def handle(self, delivery: Delivery) -> Outcome:
+    def handle(self, delivery: Delivery, lambda_context: object = None) -> Outcome:
+        """Apply `delivery` once for every connection of its shop. `lambda_context` bounds the claim on the
+        event by the invocation's time left (a claim left by a crash then ends with the invocation)."""
         if delivery.via == "https" and not self.authentic(delivery):
             log.warning("webhook %s for %s refused: its HMAC does not match (401)", delivery.topic, delivery.shop)
+            self._note_all(delivery, "rejected")
             return Outcome(401, "rejected", "HMAC mismatch")
-        connection = self._connection(delivery.shop)
-        if connection is None:
-            log.warning("webhook %s for unknown shop %s (404): no connection", delivery.topic, delivery.shop)
-            return Outcome(404, "rejected", "unknown shop")
         if delivery.topic not in RECORD_TOPICS and delivery.topic not in OTHER_TOPICS:
             return Outcome(200, "ignored", f"topic {delivery.topic} is not handled")
-        if not delivery.event_id:
-            return Outcome(400, "rejected", "no X-Shopify-Event-Id")
-        try:
-            body = json.loads(delivery.body)
-        except ValueError:
-            return Outcome(400, "rejected", "the body is not JSON")
-        if not isinstance(body, dict):
-            return Outcome(400, "rejected", "the body is not a JSON object")
-        event = {"event_id": f"{delivery.shop}:{delivery.event_id}", "topic": delivery.topic,
-                 "user": connection.user_id, "id": body.get("id"), "triggered_at": delivery.triggered_at,
-                 **_compliance_fields(body)}
-        try:
-            result = self._apply_once(event=event)
-        except IdempotencyAlreadyInProgressError:
-            return Outcome(409, "in_progress", "the same event is being applied; Shopify retries it")
-        if delivery.topic != "shop/redact":  # nothing of an erased shop is written again, counters included
-            self._note(connection.user_id, delivery, result["result"])
-        return Outcome(200, result["result"], result.get("detail", ""))
+        connections = self._connections(delivery.shop)
+        if not connections:
+            log.warning("webhook %s for unknown shop %s: no connection", delivery.topic, delivery.shop)
+            # A compliance request for a shop we hold nothing of (erased already) is done: Shopify wants a 200.
+            status = 200 if delivery.topic in COMPLIANCE_TOPICS else 404
+            return Outcome(status, "ignored" if status == 200 else "rejected", "unknown shop")
+        problem = _malformed(delivery)
+        if problem:
+            self._note_all(delivery, "rejected")
+            return Outcome(400, "rejected", problem)
+        body = json.loads(delivery.body)
+        outcomes = []
+        for connection in connections:  # two users may hold copies of one shop: each is changed
+            event = {"event_id": f"{delivery.shop}:{delivery.event_id}:{connection.user_id}",
+                     "topic": delivery.topic, "user": connection.user_id, "shop": delivery.shop,
+                     "id": body.get("id"), "triggered_at": delivery.triggered_at, **_compliance_fields(body)}
+            self._config.register_lambda_context(lambda_context or _Claim(self.claim_seconds))
+            try:
+                result = self._apply_once(event=event)
+            except IdempotencyAlreadyInProgressError:
+                self._note(connection.user_id, delivery, "in_progress")
+                return Outcome(409, "in_progress", "the same event is being applied; Shopify retries it")
+            if delivery.topic != "shop/redact":  # nothing of an erased shop is written again, counters included
+                self._note(connection.user_id, delivery, result["result"])
+            outcomes.append(result)
+        first = outcomes[0]
+        return Outcome(200, first["result"], first.get("detail", ""))
+
+    def _note_all(self, delivery: Delivery, result: str) -> None:
+        for connection in self._connections(delivery.shop):
+            self._note(connection.user_id, delivery, result)
 
     def _note(self, user_id: str, delivery: Delivery, result: str) -> None:
         """Per user and data type: how many events were applied, duplicates, stale or rejected, and the lag of
@@ -183,52 +201,79 @@ class WebhookHandler:
         expected = base64.b64encode(hmac.new(self._secret, delivery.body, hashlib.sha256).digest())
         return hmac.compare_digest(expected, (delivery.signature or "").encode())
 
-    def _connection(self, shop: str) -> Connection | None:
-        """The connection of the shop domain, from a map of every connection read at most every minute."""
+    def _connections(self, shop: str) -> list[Connection]:
+        """The connections of the shop domain, from a map of every connection read at most every minute (and
+        again for a shop not in it)."""
         if self._shops is None or self._clock() - self._shops_read > CONNECTIONS_SECONDS or shop not in self._shops:
-            self._shops = {shop_domain(c.shop, self.engine.shopify_settings.allow_local_shops): c
-                           for c in self.engine.connections.list()}
-            self._shops_read = self._clock()
-        return self._shops.get(shop)
+            shops: dict[str, list[Connection]] = {}
+            for connection in self.engine.connections.list():
+                shops.setdefault(shop_domain(connection.shop, self.engine.shopify_settings.allow_local_shops),
+                                 []).append(connection)
+            self._shops, self._shops_read = shops, self._clock()
+        return self._shops.get(shop, [])
 
     def _apply(self, event: dict) -> dict:
-        """Apply one event (once per event id: see `handle`). Raises on failures worth Shopify's retry."""
-        connection = self.engine.connections.get(event["user"])
+        """Apply one event for one user (once: see `handle`). Raises on failures worth Shopify's retry."""
+        try:
+            connection = self.engine.connections.get(event["user"])
+        except UnknownUserError:
+            return {"result": "ignored", "detail": "the user is no longer connected"}
+        if shop_domain(connection.shop, self.engine.shopify_settings.allow_local_shops) != event["shop"]:
+            return {"result": "ignored", "detail": "the user is connected to another shop now"}
         at = event["triggered_at"] or self._iso_now()
-        if event["topic"] == "customers/redact":
-            return {"result": "applied", "detail": json.dumps(self.compliance.redact_customer(
-                connection.user_id, event["customer_id"], event["orders"], at))}
-        if event["topic"] == "customers/data_request":
-            return {"result": "applied", "detail": json.dumps(self.compliance.data_request(
-                connection.user_id, event["customer_id"], event["orders"], str(event["request_id"]), at))}
-        if event["topic"] == "shop/redact":
-            return {"result": "applied", "detail": json.dumps(self.compliance.redact_shop(connection.user_id))}
-        if event["topic"] == "app/uninstalled":
-            self.engine.connections.mark_disconnected(connection.user_id, self._iso_now())
+        topic = event["topic"]
+        if topic in COMPLIANCE_TOPICS:
+            return self._compliance(connection, event, at)
+        if topic == "app/uninstalled":
+            if not self.engine.connections.mark_disconnected(connection.user_id, self._iso_now(), before=at):
+                return {"result": "stale", "detail": "the shop was connected again after this uninstall"}
             log.warning("%s uninstalled the app: connection marked disconnected", connection.user_id)
             return {"result": "applied", "detail": "disconnected"}
-        data_type, change = RECORD_TOPICS[event["topic"]]
+        data_type, change = RECORD_TOPICS[topic]
         record_id = event["id"]
-        if isinstance(record_id, bool) or not isinstance(record_id, int):
-            return {"result": "rejected", "detail": "the payload has no numeric id"}
-        if change == "delete":
-            self.changes.delete(connection.user_id, data_type, record_id, event["triggered_at"] or self._iso_now())
-            return {"result": "applied", "detail": f"{data_type} {record_id} deleted"}
+        if connection.stored_shape(data_type) not in (None, connection.api):
+            # The API changed and the full sync that rewrites the table has not run yet: no mixed shapes.
+            return {"result": "ignored", "detail": f"{data_type} are stored in the other API's shape"}
         document = self._current(connection, data_type, record_id)
-        if document is None:  # deleted in Shopify since: its delete webhook does the rest
+        if change == "delete":
+            # The signed body does not cover the topic header: a delete is applied only if Shopify agrees.
+            if document is not None:
+                return {"result": "stale", "detail": f"{data_type} {record_id} still exists in Shopify"}
+            self.changes.delete(connection.user_id, data_type, record_id, at)
+            return {"result": "applied", "detail": f"{data_type} {record_id} deleted"}
+        if document is None:  # read by id (not the search index, which lags): it was deleted since
             return {"result": "stale", "detail": f"{data_type} {record_id} no longer exists in Shopify"}
+        document = self.compliance.redacted(connection.user_id, data_type, document)
+        if document is None:
+            return {"result": "stale", "detail": f"{data_type} {record_id} was redacted"}
         try:
             self.changes.upsert(connection.user_id, data_type, document)
         except StaleChangeError as stale:
             return {"result": "stale", "detail": str(stale)}
         return {"result": "applied", "detail": f"{data_type} {record_id} stored"}
 
+    def _compliance(self, connection: Connection, event: dict, at: str) -> dict:
+        topic, user = event["topic"], connection.user_id
+        if topic == "shop/redact":
+            # Shopify sends it 48 hours after the app was uninstalled; a replayed body under this topic for a
+            # shop that still has the app installed erases nothing.
+            if not connection.disconnected_at:
+                return {"result": "stale", "detail": "the shop still has the app installed"}
+            return {"result": "applied", "detail": json.dumps(self.compliance.redact_shop(user))}
+        if topic == "customers/redact":
+            return {"result": "applied", "detail": json.dumps(self.compliance.redact_customer(
+                user, event["customer_id"], event["orders"], at))}
+        return {"result": "applied", "detail": json.dumps(self.compliance.data_request(
+            user, event["customer_id"], event["orders"], str(event["request_id"]), at))}
+
     def _current(self, connection: Connection, data_type: str, record_id: int) -> dict | None:
-        """The record as the connection's API serves it now (GraphQL: complete, nested items included)."""
+        """The record as the connection's API serves it now (GraphQL: read directly by id, nested items
+        complete; REST: by `ids`), or None when Shopify has no such record."""
         source = self.engine.page_source(connection)
         try:
-            page = source.page(data_type, {"id": record_id} if connection.api == GRAPHQL else {"ids": record_id},
-                               None)
+            if connection.api == GRAPHQL:
+                return source.record(data_type, record_id)
+            page = source.page(data_type, {"ids": record_id}, None)
         finally:
             source.close()
         found = [r for r in page.records if _legacy_id(r, connection.api) == record_id]
@@ -236,6 +281,47 @@ class WebhookHandler:
 
     def _iso_now(self) -> str:
         return self._now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Claim:
+    """Stands in for a Lambda context outside Lambda: an event's claim lasts `seconds`, so one left by a
+    crash ends then and Shopify's next retry applies the event."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int(self.seconds * 1000)
+
+
+def _malformed(delivery: Delivery) -> str | None:
+    """Why the delivery cannot be applied, or None. The body must have the shape of its topic (the HMAC covers
+    the body only, not the topic and shop headers), and name the shop of the header when it names one."""
+    if not delivery.event_id:
+        return "no X-Shopify-Event-Id"
+    try:
+        body = json.loads(delivery.body)
+    except ValueError:
+        return "the body is not JSON"
+    if not isinstance(body, dict):
+        return "the body is not a JSON object"
+    if "shop_domain" in body and body["shop_domain"] != delivery.shop:
+        return "the body names another shop"
+    topic = delivery.topic
+    if topic in RECORD_TOPICS and _int(body.get("id")) is None:
+        return "the payload has no numeric id"
+    if topic in COMPLIANCE_TOPICS and body.get("shop_domain") != delivery.shop:
+        return "a compliance payload must name its shop"
+    if topic in ("customers/redact", "customers/data_request"):
+        fields = _compliance_fields(body)
+        orders = "orders_to_redact" if topic == "customers/redact" else "orders_requested"
+        if fields["customer_id"] is None or not isinstance(body.get(orders), list):
+            return f"a {topic} payload needs customer.id and {orders}"
+        if topic == "customers/data_request" and fields["request_id"] is None:
+            return "a customers/data_request payload needs data_request.id"
+    if topic == "shop/redact" and set(body) - {"shop_id", "shop_domain"}:
+        return "a shop/redact payload holds only shop_id and shop_domain"
+    return None
 
 
 def _parse_time(text: str | None) -> datetime | None:
