@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -96,6 +97,23 @@ class SyncOptions:
     bulk_poll: tuple[float, float, float] = (1.0, 30.0, 10 * 24 * 3600.0)
     # How long to wait for a free bulk slot when the shop already runs as many bulk queries as it allows.
     bulk_slot_wait: float = 3600.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SyncOptions:
+        """The defaults, with SHOPIFY_BULK_THRESHOLD (a number, or `none`: never bulk) and
+        SHOPIFY_BULK_SLOT_WAIT_SECONDS from the environment (the CLI's knobs; Dagster has the resource's)."""
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        threshold = env.get("SHOPIFY_BULK_THRESHOLD")
+        try:
+            if threshold:
+                values["bulk_threshold"] = None if threshold.lower() == "none" else int(threshold)
+            if env.get("SHOPIFY_BULK_SLOT_WAIT_SECONDS"):
+                values["bulk_slot_wait"] = float(env["SHOPIFY_BULK_SLOT_WAIT_SECONDS"])
+        except ValueError:
+            raise SettingsError("SHOPIFY_BULK_THRESHOLD must be a number of records or `none`, "
+                                "SHOPIFY_BULK_SLOT_WAIT_SECONDS a number of seconds") from None
+        return cls(**values)
 
 
 @dataclass

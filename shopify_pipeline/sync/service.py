@@ -67,7 +67,7 @@ class SyncService:
 
     @classmethod
     def from_env(cls, options: SyncOptions | None = None) -> SyncService:
-        return cls(SyncEngine(Settings.from_env(), ShopifySettings.from_env(), options))
+        return cls(SyncEngine(Settings.from_env(), ShopifySettings.from_env(), options or SyncOptions.from_env()))
 
     # Syncs ---------------------------------------------------------------------------------------
 

@@ -338,3 +338,14 @@ def test_a_fallback_stopped_before_dropping_the_bulk_pages_drops_them_next_time(
     assert result.success, result
     assert stored(service, "bulk-user", "orders") == graphql_truth(sim, "bulky", "orders")
     assert result.data_types["orders"].records == 600  # the two dropped bulk pages were not counted again
+
+
+def test_the_cli_reads_the_bulk_threshold_and_slot_wait_from_the_environment():
+    from shopify_pipeline.settings import SettingsError
+
+    assert SyncOptions.from_env({}).bulk_threshold == SyncOptions.bulk_threshold
+    options = SyncOptions.from_env({"SHOPIFY_BULK_THRESHOLD": "none", "SHOPIFY_BULK_SLOT_WAIT_SECONDS": "5"})
+    assert (options.bulk_threshold, options.bulk_slot_wait) == (None, 5.0)
+    assert SyncOptions.from_env({"SHOPIFY_BULK_THRESHOLD": "50"}).bulk_threshold == 50
+    with pytest.raises(SettingsError, match="SHOPIFY_BULK_THRESHOLD"):
+        SyncOptions.from_env({"SHOPIFY_BULK_THRESHOLD": "lots"})
