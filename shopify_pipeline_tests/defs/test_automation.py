@@ -28,8 +28,8 @@ def test_definitions_load_with_every_job_schedule_sensor_and_check():
     assert {key.to_user_string() for key in defs.resolve_all_asset_keys()} == {
         f"{prefix}/{name}" for d in ("orders", "products", "customers")
         for prefix, name in (("shopify", f"{d}_pages"), ("dynamodb", d))}
-    # Per data type: no_failed_pages, no_failed_batches (reported by the assets), the count and freshness checks.
-    assert len(list(graph.asset_check_keys)) == 12
+    # Per data type: no_failed_pages, no_failed_batches (reported by the assets), count, freshness, webhooks.
+    assert len(list(graph.asset_check_keys)) == 15
     assert defs.resolve_schedule_def("daily_sync_schedule").job_name == "daily_sync"
     assert defs.resolve_sensor_def("shopify_connections_sensor").job_name == "full_sync"
     assert defs.resolve_sensor_def("sync_failure_sensor")
