@@ -35,7 +35,7 @@ SHOPIFY = ShopifySettings(allow_local_shops=True, backoff_seconds=0.01, timeout_
 @pytest.fixture(scope="module")
 def sim():
     shops = [ShopConfig("rotating", "shpat_static_rotating", orders=400, products=10, customers=10, seed=31,
-                        plan="plus", auth=CLIENT, faults=FaultConfig(latency_seconds=0.06)),
+                        plan="plus", auth=CLIENT, faults=FaultConfig(latency_seconds=0.3)),
              ShopConfig("migrating", "shpat_static_migrating", orders=30, products=5, customers=5, seed=32,
                         plan="plus", auth=CLIENT),
              # Tokens of a minute (30 Shopify hours): many processes at one expiry, not a stream of expiries.
@@ -70,9 +70,10 @@ def test_a_sync_that_outlives_several_tokens_refreshes_them_and_fails_no_page(se
     result = service.sync("alice", "initial")
     assert result.success, result
     assert all(not r.failed_pages for r in result.data_types.values())
-    # Tokens lasted 2 s (60 Shopify minutes): the fetch outlived several, each replaced before it ran out.
+    # Tokens lasted 2 s (60 Shopify minutes); the orders' fetch (about 20 requests of 0.3 s) outlived several,
+    # each replaced before it ran out.
     after = _auth(sim)
-    assert after["refreshes"] - before["refreshes"] >= 3, (before, after)
+    assert after["refreshes"] - before["refreshes"] >= 2, (before, after)
     assert after["expired_token_rejections"] == before["expired_token_rejections"]
     for data_type in ("orders", "products", "customers"):
         assert stored(service, "alice", data_type) == graphql_truth(sim, "rotating", data_type)
