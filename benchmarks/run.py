@@ -15,6 +15,7 @@ BENCHMARKS = {
     "p4": ("benchmarks.p4_resume", "pages fetched again after SIGKILL of a sync process"),
     "p5": ("benchmarks.p5_memory", "peak RSS of a sync of 10k vs 100k orders"),
     "p6": ("benchmarks.p6_daily", "requests of a daily sync for 0/10/249/1000 changed orders"),
+    "p7": ("benchmarks.p7_bulk", "100k-order initial sync: bulk vs paged GraphQL vs REST, standard plan; bulk RSS"),
     "p8": ("benchmarks.p8_graphql", "GraphQL cost points/s ÷ restore rate and THROTTLED, beside REST, standard plan"),
     "dagster": ("benchmarks.dagster_overhead", "one materialized partition vs the engine alone"),
     "fencing": ("benchmarks.fencing", "a staged page put, plain vs fenced by the lease (time, write units)"),
