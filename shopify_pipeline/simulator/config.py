@@ -40,6 +40,14 @@ FAULT_KINDS = ("500", "502", "503", "504", "430", "429", "404", "hang", "reset",
                "throttled", "partial")
 
 
+
+def _known_fields(cls: type, data: dict[str, Any], what: str, tuples: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`data` as `cls`'s keyword arguments (JSON lists made tuples where named); ValueError for unknown keys."""
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} fields: {', '.join(sorted(unknown))}")
+    return {key: tuple(value) if key in tuples else value for key, value in data.items()}
+
 @dataclass(frozen=True)
 class FaultRule:
     """A deterministic fault: of the requests that match, let `skip` pass, fail the next `times`, then stop.
@@ -145,10 +153,7 @@ class BulkFaults:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BulkFaults:
         """BulkFaults from JSON data; unknown keys raise ValueError."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown bulk fault fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return cls(**_known_fields(cls, data, "bulk fault"))
 
 
 @dataclass(frozen=True)
@@ -213,20 +218,12 @@ class AuthFaults:
 
     def to_dict(self) -> dict[str, Any]:
         """These faults as JSON-ready data."""
-        data = asdict(self)
-        data["grant_types"] = list(self.grant_types)
-        return data
+        return {**asdict(self), "grant_types": list(self.grant_types)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AuthFaults:
         """AuthFaults from JSON data; unknown keys raise ValueError."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown auth fault fields: {', '.join(sorted(unknown))}")
-        values = dict(data)
-        if "grant_types" in values:
-            values["grant_types"] = tuple(values["grant_types"])
-        return cls(**values)
+        return cls(**_known_fields(cls, data, "auth fault", tuples=("grant_types",)))
 
 
 @dataclass(frozen=True)
@@ -327,20 +324,12 @@ class WebhookFaults:
 
     def to_dict(self) -> dict[str, Any]:
         """These faults as JSON-ready data."""
-        data = asdict(self)
-        data["topics"] = list(self.topics)
-        return data
+        return {**asdict(self), "topics": list(self.topics)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WebhookFaults:
         """WebhookFaults from JSON data; unknown keys raise ValueError."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown webhook fault fields: {', '.join(sorted(unknown))}")
-        values = dict(data)
-        if "topics" in values:
-            values["topics"] = tuple(values["topics"])
-        return cls(**values)
+        return cls(**_known_fields(cls, data, "webhook fault", tuples=("topics",)))
 
 
 @dataclass(frozen=True)
