@@ -17,6 +17,7 @@ BENCHMARKS = {
     "p6": ("benchmarks.p6_daily", "requests of a daily sync for 0/10/249/1000 changed orders"),
     "p7": ("benchmarks.p7_bulk", "100k-order initial sync: bulk vs paged GraphQL vs REST, standard plan; bulk RSS"),
     "p8": ("benchmarks.p8_graphql", "GraphQL cost points/s ÷ restore rate and THROTTLED, beside REST, standard plan"),
+    "p9": ("benchmarks.p9_webhooks", "webhooks/s applied, p50/p99 delivery-to-DynamoDB latency, 10×/100× a busy shop"),
     "dagster": ("benchmarks.dagster_overhead", "one materialized partition vs the engine alone"),
     "fencing": ("benchmarks.fencing", "a staged page put, plain vs fenced by the lease (time, write units)"),
 }
