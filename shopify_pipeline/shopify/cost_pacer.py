@@ -66,8 +66,10 @@ class CostPacer:
         maximum: float = 2000.0,
         restore_per_second: float = 100.0,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
+        """`sleep` replaces waiting (a fake clock's, in tests); by default a waiting thread sleeps on the
+        pacer's readings, so that a fresher reading wakes it to compute its wait again."""
         # Until the first answer: the Standard plan (100 points/s, a bucket of 20 times that).
         self.maximum = maximum
         self.restore_per_second = max(MIN_RESTORE_PER_SECOND, restore_per_second)
@@ -76,6 +78,7 @@ class CostPacer:
         self._sleep = sleep
         self._at = clock()
         self._lock = threading.Lock()
+        self._readings = threading.Condition(self._lock)
         self.waited_seconds = 0.0
 
     def _restore(self, now: float) -> None:
@@ -90,20 +93,30 @@ class CostPacer:
 
     def acquire(self, cost: float) -> float:
         """Wait until `cost` points are available, then reserve them. Returns the seconds waited."""
-        waited = 0.0
-        while True:
-            with self._lock:
+        started = self._clock()
+        with self._lock:
+            while True:
                 now = self._clock()
                 self._restore(now)
                 needed = min(cost, self.maximum)  # a query dearer than the bucket waits for a full one
                 if self._available >= needed - 1e-9:
                     self._available -= needed
+                    waited = now - started
                     self.waited_seconds += waited
                     return waited
                 pause = (needed - self._available) / self.restore_per_second
-                pause = max(0.001, min(pause, self.maximum / self.restore_per_second))
-            self._sleep(pause)
-            waited += pause
+                self._pause(max(0.001, min(pause, self.maximum / self.restore_per_second)))
+
+    def _pause(self, seconds: float) -> None:
+        """Wait up to `seconds` with the lock released (the caller holds it); a reading ends it early."""
+        if self._sleep is None:
+            self._readings.wait(seconds)
+            return
+        self._lock.release()
+        try:
+            self._sleep(seconds)
+        finally:
+            self._lock.acquire()
 
     def observe(self, reading: CostReading | None, reserved: float = 0.0) -> None:
         """Correct the model from an answer's cost reading (Shopify's count wins: it includes other apps'
@@ -111,16 +124,16 @@ class CostPacer:
         back what `acquire` reserved for it: the model must not shrink by a full query on every such answer
         (it would stall, one bucket-refill wait per query), and if Shopify did charge it, its next answer
         or a THROTTLED says so."""
-        if reading is None:
-            with self._lock:
-                self._restore(self._clock())
-                self._available = min(self.maximum, self._available + max(0.0, reserved))
-            return
         with self._lock:
             self._restore(self._clock())
-            self.maximum = reading.maximum
-            self.restore_per_second = max(MIN_RESTORE_PER_SECOND, reading.restore_per_second)
-            self._available = min(reading.available, self.maximum)
+            if reading is None:
+                self._available = min(self.maximum, self._available + max(0.0, reserved))
+            else:
+                self.maximum = reading.maximum
+                self.restore_per_second = max(MIN_RESTORE_PER_SECOND, reading.restore_per_second)
+                self._available = min(reading.available, self.maximum)
+            # Threads waiting on an older reading compute their wait again from this one.
+            self._readings.notify_all()
 
     def throttled(self, reading: CostReading | None, requested: float) -> float:
         """Shopify answered THROTTLED: the model had too much. Returns how long to wait before trying again."""
@@ -132,6 +145,7 @@ class CostPacer:
                 self._available = min(reading.available, self.maximum)
             else:
                 self._available = 0.0
+            self._readings.notify_all()
             missing = max(0.0, min(requested, self.maximum) - self._available)
             return min(missing / self.restore_per_second, self.maximum / self.restore_per_second)
 

@@ -1,5 +1,7 @@
 """The GraphQL cost pacer with a clock that moves only when it sleeps (the pacer's clock/sleep seam)."""
 
+import threading
+
 import pytest
 
 from shopify_pipeline.shopify.cost_pacer import CostPacer, CostReading, page_size_for
@@ -64,3 +66,39 @@ def test_an_answer_without_a_reading_gives_back_its_reservation():
         pacer.acquire(1000)
         pacer.observe(None, reserved=1000)
     assert clock.sleeps == [] and pacer.available == pytest.approx(2000)
+
+
+class _ThreadClock(FakeClock):
+    """A fake clock that tells when a given thread has read it `times` times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: dict[str, int] = {}
+        self.watch: tuple[str, int, threading.Event] | None = None
+
+    def __call__(self) -> float:
+        name = threading.current_thread().name
+        self.reads[name] = self.reads.get(name, 0) + 1
+        if self.watch and self.watch[0] == name and self.reads[name] == self.watch[1]:
+            self.watch[2].set()
+        return self.now
+
+
+def test_a_fresher_reading_wakes_a_thread_that_waits_on_an_older_one():
+    clock = _ThreadClock()
+    pacer = CostPacer(clock=clock)  # the default wait: on the pacer's readings, not a plain sleep
+    # An old reading: the bucket empty and restoring 1 point a second, so 1 000 points are 1 000 s away.
+    pacer.observe(CostReading.of(_extensions(1000, 1000, 2000, 0, 1)))
+    computed = threading.Event()
+    clock.watch = ("query", 2, computed)  # acquire reads the clock once on entry, then once per computation
+    result = {}
+    query = threading.Thread(target=lambda: result.setdefault("waited", pacer.acquire(1000)), name="query", daemon=True)
+    query.start()
+    assert computed.wait(10)
+    # acquire holds the pacer's lock from that reading of the clock until it waits, so this reading (another
+    # thread's answer: the points are back) lands while it waits, and must wake it to compute again.
+    pacer.observe(CostReading.of(_extensions(10, 10, 2000, 2000, 100)))
+    query.join(30)  # a guard against a hang only: with a fake clock, a thread that is not woken waits 1 000 s
+    assert not query.is_alive()
+    assert result["waited"] == 0.0 and clock.reads["query"] == 3  # woken once, no time passed
+    assert pacer.available == pytest.approx(1000)
