@@ -104,6 +104,21 @@ def _webhooks(args: argparse.Namespace) -> int:
         _print(args, outcome, f"subscribed {args.user}: {len(outcome['created'])} created, "
                               f"{len(outcome['existing'])} already there")
         return 0
+    if args.action in ("inbox", "replay"):
+        from shopify_pipeline.webhooks.inbox import FAILED, PENDING, WebhookInbox
+
+        inbox = WebhookInbox(engine.dynamodb, engine.settings.tables.webhook_inbox)
+        replayed = inbox.replay() if args.action == "replay" else 0
+        items = inbox.items()
+        counts = {status: sum(1 for i in items if i.status == status) for status in (PENDING, FAILED)}
+        failed = [{"topic": i.event["topic"], "user": i.event["user"], "id": i.event.get("id"),
+                   "attempts": i.attempts, "error": i.last_error} for i in items if i.status == FAILED]
+        _print(args, {**counts, "replayed": replayed, "failed_events": failed[:100]},
+               (f"replayed {replayed} failed event(s); " if args.action == "replay" else "")
+               + f"webhook inbox: {counts[PENDING]} pending, {counts[FAILED]} failed"
+               + "".join(f"\n  failed: {f['topic']} {f['user']} id {f['id']} after {f['attempts']} attempts "
+                         f"({f['error']})" for f in failed[:20]))
+        return 0
     if not args.secret_ref:
         raise SystemExit("webhooks serve needs --secret-ref (where the app's client secret is)")
     server = WebhookServer(WebhookHandler(engine, resolve_token(args.secret_ref, engine.secrets)), port=args.port)
@@ -286,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "exchange for an expiring pair (public apps' migration)")
 
     webhooks = command("webhooks", _webhooks, "serve Shopify webhooks locally (development, the demo)", user=False)
-    webhooks.add_argument("action", choices=("serve", "subscribe"))
+    webhooks.add_argument("action", choices=("serve", "subscribe", "inbox", "replay"),
+                          help="serve; subscribe a user's shop; inbox: events accepted and not applied yet (pending, "
+                          "failed); replay: queue the failed ones again (a running `serve` applies them)")
     webhooks.add_argument("--port", type=int, default=8081, help="serve: port on 127.0.0.1 (default 8081)")
     webhooks.add_argument("--secret-ref",
                           help="serve: where the app's client secret (the HMAC key) is: env:VAR, secretsmanager:ID")

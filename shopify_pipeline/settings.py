@@ -50,6 +50,7 @@ class TableNames:
     connections: str = "shopify_connections"
     documents: str = "shopify_document_chunks"
     webhook_events: str = "shopify_webhook_events"  # webhook deliveries applied (by event id), with a TTL
+    webhook_inbox: str = "shopify_webhook_inbox"  # webhook events accepted and not applied yet (webhooks/inbox.py)
 
     def records(self, data_type: str) -> str:
         """The record table of one data type (orders, products, customers)."""
@@ -71,6 +72,7 @@ _TABLE_ENV = (
     ("connections", "SHOPIFY_CONNECTIONS_TABLE"),
     ("documents", "SHOPIFY_DOCUMENT_CHUNKS_TABLE"),
     ("webhook_events", "SHOPIFY_WEBHOOK_EVENTS_TABLE"),
+    ("webhook_inbox", "SHOPIFY_WEBHOOK_INBOX_TABLE"),
 )
 
 

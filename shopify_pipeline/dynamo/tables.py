@@ -14,6 +14,7 @@ class TableSpec:
     hash_key: tuple[str, str]  # (attribute name, type S|N|B)
     range_key: tuple[str, str] | None = None
     ttl_attribute: str | None = None
+    stream: str | None = None  # a DynamoDB Streams view type (NEW_AND_OLD_IMAGES, …): the table's changes feed a Lambda
 
 
 def table_specs(names: TableNames) -> list[TableSpec]:
@@ -28,6 +29,8 @@ def table_specs(names: TableNames) -> list[TableSpec]:
         TableSpec(names.documents, ("documentKey", "S"), ("chunk", "N"), ttl_attribute="ttl"),
         # Webhook deliveries already applied, the layout of Powertools' DynamoDB idempotency store.
         TableSpec(names.webhook_events, ("id", "S"), ttl_attribute="expiration"),
+        # Webhook events accepted and not applied yet; in AWS its stream drives the applying Lambda.
+        TableSpec(names.webhook_inbox, ("id", "S"), ttl_attribute="expiration", stream="NEW_AND_OLD_IMAGES"),
     ]
 
 
@@ -46,6 +49,8 @@ def create_tables(client, names: TableNames) -> dict[str, str]:
                 outcome[spec.name] = "exists"
                 continue
             keys = [spec.hash_key] + ([spec.range_key] if spec.range_key else [])
+            streams = ({"StreamSpecification": {"StreamEnabled": True, "StreamViewType": spec.stream}}
+                       if spec.stream else {})
             client.create_table(
                 TableName=spec.name,
                 BillingMode="PAY_PER_REQUEST",
@@ -53,6 +58,7 @@ def create_tables(client, names: TableNames) -> dict[str, str]:
                 KeySchema=[
                     {"AttributeName": n, "KeyType": kind} for (n, _), kind in zip(keys, ("HASH", "RANGE"), strict=False)
                 ],
+                **streams,
             )
             outcome[spec.name] = "created"
     for spec in specs:
@@ -60,6 +66,8 @@ def create_tables(client, names: TableNames) -> dict[str, str]:
             client.get_waiter("table_exists").wait(TableName=spec.name, WaiterConfig={"Delay": 1})
             if spec.ttl_attribute:
                 _enable_ttl(client, spec.name, spec.ttl_attribute)
+            if spec.stream and outcome[spec.name] == "exists":
+                _enable_stream(client, spec.name, spec.stream)
     return outcome
 
 
@@ -85,3 +93,11 @@ def delete_tables(client, names: TableNames) -> None:
     for spec in table_specs(names):
         if spec.name in existing:
             client.delete_table(TableName=spec.name)
+
+
+def _enable_stream(client, table: str, view_type: str) -> None:
+    """Turn on a table's stream when a table made by an older release has none."""
+    current = client.describe_table(TableName=table)["Table"].get("StreamSpecification") or {}
+    if current.get("StreamEnabled"):
+        return
+    client.update_table(TableName=table, StreamSpecification={"StreamEnabled": True, "StreamViewType": view_type})

@@ -1,10 +1,15 @@
 """The webhook handler as an AWS Lambda function: `shopify_pipeline.webhooks.aws_lambda.handler`.
 
-Three event shapes reach it, all through the same `WebhookHandler`:
+Four event shapes reach it, all through the same `WebhookHandler`:
 
 - **HTTPS**: a Lambda function URL or API Gateway (HTTP API, payload 2.0, or REST API) invocation. The raw body
-  (base64-decoded when `isBase64Encoded`) and headers are checked with the app's HMAC; the answer is the
-  handler's status (Shopify retries anything but 2xx).
+  (base64-decoded when `isBase64Encoded`) and headers are checked with the app's HMAC, and the events are
+  queued in the webhook inbox table before the answer (Shopify waits 5 s and retries anything but 2xx);
+  nothing is read from Shopify here.
+- **The inbox table's stream** (DynamoDB Streams, NEW_AND_OLD_IMAGES): each new item (or one queued again by
+  `shopify-pipeline webhooks replay`) is applied, then deleted. A failure is counted on the item and reported in
+  `batchItemFailures` (enable ReportBatchItemFailures and set MaximumRetryAttempts on the event source
+  mapping); what is left after the retries stays in the inbox for `webhooks replay`.
 - **EventBridge → SQS → Lambda**: an SQS batch whose messages are EventBridge events of Shopify's partner event
   source. No HMAC (AWS delivered them); a message that fails is reported in `batchItemFailures`, so SQS gives
   back only that one (enable ReportBatchItemFailures on the event source mapping).
@@ -26,11 +31,15 @@ import json
 import logging
 import os
 
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+
 from shopify_pipeline.webhooks.handler import Delivery, WebhookHandler
+from shopify_pipeline.webhooks.inbox import PENDING, WebhookInbox, item_from_image
 
 log = logging.getLogger(__name__)
 
 _handler: WebhookHandler | None = None
+_inbox: WebhookInbox | None = None
 
 
 def webhook_handler() -> WebhookHandler:
@@ -49,16 +58,27 @@ def webhook_handler() -> WebhookHandler:
     return _handler
 
 
+def webhook_inbox() -> WebhookInbox:
+    """The container's inbox (the table named by the environment, like every table)."""
+    global _inbox
+    if _inbox is None:
+        engine = webhook_handler().engine
+        _inbox = WebhookInbox(engine.dynamodb, engine.settings.tables.webhook_inbox)
+    return _inbox
+
+
 def handler(event: dict, context: object = None) -> dict:
     """The Lambda entry point (see the module doc for the shapes it takes)."""
     webhook = webhook_handler()
     if "requestContext" in event or "headers" in event:  # HTTPS: always through the HMAC
         body = event.get("body") or ""
         raw = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode()
-        outcome = webhook.handle(Delivery.from_http(event.get("headers") or {}, raw), context)
+        outcome, _ = webhook.accept(Delivery.from_http(event.get("headers") or {}, raw), webhook_inbox())
         return {"statusCode": outcome.status, "headers": {"Content-Type": "application/json"},
                 "body": json.dumps({"result": outcome.result, "detail": outcome.detail})}
     if isinstance(event.get("Records"), list):
+        if any(record.get("eventSource") == "aws:dynamodb" for record in event["Records"]):
+            return _inbox_stream(webhook, event["Records"], context)
         return _sqs_batch(webhook, event["Records"], context)
     if "detail" in event and "detail-type" in event:
         if not _from_shopify(event):
@@ -95,4 +115,31 @@ def _sqs_batch(webhook: WebhookHandler, records: list[dict], context: object) ->
             failed = True
         if failed:
             failures.append({"itemIdentifier": record.get("messageId")})
+    return {"batchItemFailures": failures}
+
+
+def _inbox_stream(webhook: WebhookHandler, records: list[dict], context: object) -> dict:
+    """Apply the inbox items a stream batch adds (or `webhooks replay` queues again); other changes (a failed
+    attempt counted, a delete) are the applier's own and pass."""
+    inbox, failures = webhook_inbox(), []
+    for record in records:
+        change = record.get("dynamodb") or {}
+        new, old = change.get("NewImage"), change.get("OldImage") or {}
+        queued = record.get("eventName") == "INSERT" or (
+            record.get("eventName") == "MODIFY" and new and new.get("replayedAt") != old.get("replayedAt"))
+        if not queued or not new or new.get("status", {}).get("S") != PENDING:
+            continue
+        item = item_from_image(new)
+        try:
+            webhook.apply(item.event, context)
+        except IdempotencyAlreadyInProgressError:
+            failures.append({"itemIdentifier": change.get("SequenceNumber")})  # the claim ends; the retry applies it
+            continue
+        except Exception as error:  # noqa: BLE001 - counted on the item and retried by the stream; the rest go on
+            log.warning("webhook %s for %s not applied: %s", item.event.get("topic"), item.event.get("user"),
+                        type(error).__name__)
+            inbox.attempt_failed(inbox.get(item.event_id) or item, error)
+            failures.append({"itemIdentifier": change.get("SequenceNumber")})
+            continue
+        inbox.done(item.event_id)
     return {"batchItemFailures": failures}

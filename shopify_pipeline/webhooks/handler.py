@@ -46,6 +46,7 @@ from shopify_pipeline.errors import PermanentError
 from shopify_pipeline.shopify.client import shop_base_url
 from shopify_pipeline.shopify.sources import GRAPHQL
 from shopify_pipeline.webhooks.compliance import Compliance
+from shopify_pipeline.webhooks.inbox import WebhookInbox
 
 log = logging.getLogger(__name__)
 # Powertools asks for a Lambda context to bound in-progress claims by the invocation's time left; outside Lambda
@@ -138,8 +139,50 @@ class WebhookHandler:
                                                config=self._config, key_prefix=KEY_PREFIX)(self._apply)
 
     def handle(self, delivery: Delivery, lambda_context: object = None) -> Outcome:
-        """Apply `delivery` once for every connection of its shop. `lambda_context` bounds the claim on the
-        event by the invocation's time left (a claim left by a crash then ends with the invocation)."""
+        """Check `delivery` and apply it now, once for every connection of its shop (EventBridge, whose sender
+        waits; and tests). `lambda_context` bounds the claim on the event by the invocation's time left (a
+        claim left by a crash then ends with the invocation)."""
+        checked = self._check(delivery)
+        if isinstance(checked, Outcome):
+            return checked
+        outcomes = []
+        for event in checked:  # two users may hold copies of one shop: each is changed
+            try:
+                outcomes.append(self.apply(event, lambda_context))
+            except IdempotencyAlreadyInProgressError:
+                self.note(event["user"], event["topic"], event["triggered_at"], "in_progress")
+                return Outcome(409, "in_progress", "the same event is being applied; Shopify retries it")
+        first = outcomes[0]
+        return Outcome(200, first["result"], first.get("detail", ""))
+
+    def accept(self, delivery: Delivery, inbox: WebhookInbox) -> tuple[Outcome, list[dict]]:
+        """Check `delivery` and queue its events in `inbox` (the HTTPS door: Shopify waits 5 s, applying may
+        wait longer for the shop's rate limit). Returns the answer and the events newly queued, for the
+        caller's workers; a duplicate of an event still waiting is answered 200 and queued once."""
+        checked = self._check(delivery)
+        if isinstance(checked, Outcome):
+            return checked, []
+        queued = []
+        for event in checked:
+            if inbox.put(event):
+                queued.append(event)
+            else:  # the same event is waiting already: a duplicate delivery
+                self.note(event["user"], event["topic"], event["triggered_at"], "duplicate")
+        return Outcome(200, "accepted", f"{len(queued)} event(s) queued" if queued else "already queued"), queued
+
+    def apply(self, event: dict, lambda_context: object = None) -> dict:
+        """Apply one checked event for its user, once per event id (a repeat answers "duplicate"); the result is
+        counted for the `webhooks_applied` check. Raises IdempotencyAlreadyInProgressError while another
+        delivery of the event is being applied, and any failure worth trying again."""
+        self._config.register_lambda_context(lambda_context or _Claim(self.claim_seconds))
+        result = self._apply_once(event=event)
+        if event["topic"] != "shop/redact":  # nothing of an erased shop is written again, counters included
+            self.note(event["user"], event["topic"], event["triggered_at"], result["result"])
+        return result
+
+    def _check(self, delivery: Delivery) -> Outcome | list[dict]:
+        """The events of an authentic, well-formed delivery, one per connection of its shop, or the answer
+        that refuses (or ignores) it."""
         if delivery.via == "https" and not self.authentic(delivery):
             log.warning("webhook %s for %s refused: its HMAC does not match (401)", delivery.topic, delivery.shop)
             self._note_all(delivery, "rejected")
@@ -157,36 +200,24 @@ class WebhookHandler:
             self._note_all(delivery, "rejected")
             return Outcome(400, "rejected", problem)
         body = json.loads(delivery.body)
-        outcomes = []
-        for connection in connections:  # two users may hold copies of one shop: each is changed
-            event = {"event_id": f"{delivery.shop}:{delivery.event_id}:{connection.user_id}",
-                     "topic": delivery.topic, "user": connection.user_id, "shop": delivery.shop,
-                     "id": body.get("id"), "triggered_at": delivery.triggered_at, **_compliance_fields(body)}
-            self._config.register_lambda_context(lambda_context or _Claim(self.claim_seconds))
-            try:
-                result = self._apply_once(event=event)
-            except IdempotencyAlreadyInProgressError:
-                self._note(connection.user_id, delivery, "in_progress")
-                return Outcome(409, "in_progress", "the same event is being applied; Shopify retries it")
-            if delivery.topic != "shop/redact":  # nothing of an erased shop is written again, counters included
-                self._note(connection.user_id, delivery, result["result"])
-            outcomes.append(result)
-        first = outcomes[0]
-        return Outcome(200, first["result"], first.get("detail", ""))
+        return [{"event_id": f"{delivery.shop}:{delivery.event_id}:{connection.user_id}",
+                 "topic": delivery.topic, "user": connection.user_id, "shop": delivery.shop,
+                 "id": body.get("id"), "triggered_at": delivery.triggered_at, **_topic_fields(delivery.topic, body)}
+                for connection in connections]
 
     def _note_all(self, delivery: Delivery, result: str) -> None:
         for connection in self._connections(delivery.shop):
-            self._note(connection.user_id, delivery, result)
+            self.note(connection.user_id, delivery.topic, delivery.triggered_at, result)
 
-    def _note(self, user_id: str, delivery: Delivery, result: str) -> None:
-        """Per user and data type: how many events were applied, duplicates, stale or rejected, and the lag of
-        the last one applied (from Shopify's trigger to now). The `webhooks_applied` asset check reads it."""
-        data_type = RECORD_TOPICS.get(delivery.topic, ("shop", ""))[0]
+    def note(self, user_id: str, topic: str, triggered_at: str | None, result: str) -> None:
+        """Per user and data type: how many events were applied, duplicates, stale, rejected or failed, and the
+        lag of the last one applied (from Shopify's trigger to now). The `webhooks_applied` check reads it."""
+        data_type = RECORD_TOPICS.get(topic, ("shop", ""))[0]
         now = self._now()
         names = {"#c": f"{result}_{data_type}"}
         values = {":one": {"N": "1"}, ":now": {"S": now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
         expression = "ADD #c :one SET updatedAt = :now"
-        triggered = _parse_time(delivery.triggered_at)
+        triggered = _parse_time(triggered_at)
         if result == "applied" and triggered is not None:
             names.update({"#l": f"lastApplied_{data_type}", "#g": f"lagSeconds_{data_type}"})
             values[":lag"] = {"N": f"{max(0.0, (now - triggered).total_seconds()):.3f}"}
@@ -329,6 +360,11 @@ def _parse_time(text: str | None) -> datetime | None:
         return datetime.fromisoformat((text or "").replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def _topic_fields(topic: str, body: dict) -> dict:
+    """What an event keeps of its body beyond the record id: a compliance request's ids."""
+    return _compliance_fields(body) if topic in COMPLIANCE_TOPICS else {}
 
 
 def _compliance_fields(body: dict) -> dict:

@@ -1,10 +1,12 @@
 """`shopify-pipeline webhooks serve`: the HTTPS door as a local HTTP server, for development and the demo.
 
-Every POST is one delivery: the raw body and headers go to `WebhookHandler.handle`, whose status is
-the answer (200 applied or already applied, 401 bad HMAC, 404 unknown shop, 409 being applied by another
-delivery of the same event: Shopify retries). Bodies over 4 MiB, and bodies without a Content-Length
-(chunked), are refused unread; a client that stalls for 10 s is cut off. Production puts the same handler
-behind a Lambda function URL or API Gateway (HTTPS) or EventBridge.
+Every POST is one delivery: the raw body and headers go to `WebhookHandler.accept`, which checks it and
+queues its events in the webhook inbox (a DynamoDB table) before the answer: 200 accepted (or already
+queued), 401 bad HMAC, 404 unknown shop, 400 a body that does not fit its topic, 500 when the inbox cannot be
+written (Shopify retries). Worker threads then apply the events (`InboxWorkers`), so the answer never waits
+for Shopify's rate limit; events left by a stop are applied at the next start. Bodies over 4 MiB, and bodies
+without a Content-Length (chunked), are refused unread; a client that stalls for 10 s is cut off. Production
+puts the same handler behind a Lambda function URL or API Gateway (HTTPS) or EventBridge.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from shopify_pipeline.webhooks.handler import Delivery, WebhookHandler
+from shopify_pipeline.webhooks.inbox import InboxWorkers, WebhookInbox
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +31,16 @@ class _Server(ThreadingHTTPServer):
 
 
 class WebhookServer:
-    """A threaded HTTP server on 127.0.0.1 (or `host`) for as long as the `with` block runs."""
+    """A threaded HTTP server on 127.0.0.1 (or `host`) and its inbox workers, for as long as the `with` block
+    runs. `inbox` defaults to the engine's inbox table; `workers` apply events in parallel."""
 
-    def __init__(self, handler: WebhookHandler, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, handler: WebhookHandler, host: str = "127.0.0.1", port: int = 0, workers: int = 4,
+                 inbox: WebhookInbox | None = None, sweep_seconds: float = 5.0) -> None:
         self.handler = handler
         webhook = handler
+        self.inbox = inbox or WebhookInbox(handler.engine.dynamodb, handler.engine.settings.tables.webhook_inbox)
+        self.workers = InboxWorkers(handler, self.inbox, workers, sweep_seconds)
+        queue_in, applier = self.inbox, self.workers
 
         class _Request(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -51,7 +59,7 @@ class WebhookServer:
                     return
                 delivery = Delivery.from_http(dict(self.headers.items()), self.rfile.read(length))
                 try:
-                    outcome = webhook.handle(delivery)
+                    outcome, queued = webhook.accept(delivery, queue_in)
                 except Exception as error:  # noqa: BLE001 - Shopify retries a 5xx; the reason goes to the log
                     # Its type only: a message may quote a document (personal data).
                     log.warning("webhook %s for %s failed (%s); Shopify retries it", delivery.topic, delivery.shop,
@@ -59,6 +67,8 @@ class WebhookServer:
                     self._answer(500, {"result": "failed", "detail": type(error).__name__})
                     return
                 self._answer(outcome.status, {"result": outcome.result, "detail": outcome.detail})
+                for event in queued:  # after the answer: the sweep would find them too, later
+                    applier.submit(event)
 
             def _answer(self, status: int, body: dict) -> None:
                 data = json.dumps(body).encode()
@@ -76,6 +86,7 @@ class WebhookServer:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> WebhookServer:
+        self.workers.start()
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhooks", daemon=True)
         self._thread.start()
         return self
@@ -83,6 +94,15 @@ class WebhookServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self.workers.close()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Whether every accepted event was applied (or failed for good) within `timeout` seconds."""
+        return self.workers.wait_idle(timeout)
 
     def serve_forever(self) -> None:
-        self._server.serve_forever()
+        self.workers.start()
+        try:
+            self._server.serve_forever()
+        finally:
+            self.workers.close()

@@ -55,6 +55,12 @@ def server(service, sim):
         sim.unsubscribe("hooks", subscription["id"])
 
 
+def _settle(sim, server, timeout: float = 120) -> None:
+    """Shopify has delivered everything, and our server has applied everything it accepted."""
+    assert sim.wait_webhooks_idle("hooks", timeout=timeout)
+    assert server.wait_idle(timeout)
+
+
 def _equal(service, sim) -> None:
     for data_type in DATA_TYPES:
         assert stored(service, "hook-user", data_type) == graphql_truth(sim, "hooks", data_type), data_type
@@ -69,7 +75,7 @@ def test_a_storm_of_duplicated_reordered_stale_and_missigned_deliveries_ends_equ
     sim.create_records("hooks", "customers", n=4, seed=4)
     deleted = sim.delete_records("hooks", "orders", n=6, seed=5)
     sim.update_records("hooks", "products", n=5, seed=6)
-    assert sim.wait_webhooks_idle("hooks", timeout=120)
+    _settle(sim, server)
     stats = sim.webhook_stats("hooks")
     assert stats["duplicates_sent"] > 0 and stats["stale_sent"] > 0 and stats["bad_signatures_sent"] > 0, stats
     assert stats["dropped"] == 0, stats
@@ -91,8 +97,8 @@ def test_a_server_restart_mid_stream_loses_nothing(service, sim, server, setting
     server.__exit__(None, None, None)  # down: deliveries fail and Shopify retries them
     sim.update_records("hooks", "orders", n=10, seed=11)
     deleted = sim.delete_records("hooks", "customers", n=3, seed=12)
-    with WebhookServer(WebhookHandler(service.engine, sim.webhook_secret("hooks")), port=port):
-        assert sim.wait_webhooks_idle("hooks", timeout=120)
+    with WebhookServer(WebhookHandler(service.engine, sim.webhook_secret("hooks")), port=port) as again:
+        _settle(sim, again)
     assert sim.webhook_stats("hooks")["failed_attempts"] > 0
     _equal(service, sim)
     assert not set(deleted) & set(stored(service, "hook-user", "customers"))
@@ -101,7 +107,7 @@ def test_a_server_restart_mid_stream_loses_nothing(service, sim, server, setting
 def test_a_late_update_of_a_deleted_record_does_not_bring_it_back(service, sim, server):
     handler = server.handler
     (gone,) = sim.delete_records("hooks", "orders", n=1, seed=21)
-    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    _settle(sim, server)
     assert gone not in stored(service, "hook-user", "orders")
     outcome = handler.handle(_delivery(sim, "orders/updated", {"id": gone}, "late-update-1"))
     assert outcome.status == 200 and outcome.result == "stale"
@@ -120,7 +126,7 @@ def test_a_bad_signature_is_refused_before_anything_is_read_and_unknown_shops_ar
 
 def test_a_duplicate_event_is_applied_once(service, sim, server):
     (order,) = sim.update_records("hooks", "orders", n=1, seed=31)
-    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    _settle(sim, server)
     first = server.handler.handle(_delivery(sim, "orders/updated", {"id": order}, "dup-1"))
     again = server.handler.handle(_delivery(sim, "orders/updated", {"id": order}, "dup-1"))
     assert (first.result, again.result) == ("applied", "duplicate")
@@ -140,7 +146,7 @@ def _delivery(sim, topic: str, payload: dict, event_id: str):
 def test_app_uninstalled_marks_the_connection_disconnected_and_its_data_is_kept(service, sim, server):
     before = stored(service, "hook-user", "orders")
     assert sim.trigger_app_uninstalled("hooks")
-    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    _settle(sim, server)
     assert service.engine.connections.get("hook-user").disconnected_at
     assert stored(service, "hook-user", "orders") == before
 
@@ -169,7 +175,7 @@ def test_customers_redact_deletes_the_customer_and_blanks_their_orders(service, 
     customer, orders = _a_customer_with_orders(service)
     email = stored(service, "hook-user", "customers")[customer].get("email")
     assert sim.trigger_customers_redact("hooks", customer, orders)
-    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    _settle(sim, compliance)
     assert customer not in stored(service, "hook-user", "customers")
     after = stored(service, "hook-user", "orders")
     for order_id in orders:
@@ -189,7 +195,7 @@ def test_customers_data_request_writes_their_stored_data_for_the_merchant(servic
     monkeypatch.setenv("SHOPIFY_DATA_REQUEST_DIR", str(tmp_path))
     customer, orders = _a_customer_with_orders(service)
     assert sim.trigger_customers_data_request("hooks", customer, orders)
-    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    _settle(sim, compliance)
     (exported,) = tmp_path.glob(f"hook-user-customer-{customer}-request-*.json")
     data = json.loads(exported.read_text())
     assert data["customer"] == stored(service, "hook-user", "customers")[customer]
@@ -201,9 +207,9 @@ def test_shop_redact_deletes_every_item_of_the_shop(service, sim, compliance):
     settings = service.engine.settings
     assert service.sync("hook-user", "daily").success
     assert sim.trigger_app_uninstalled("hooks")  # Shopify sends shop/redact 48 hours after an uninstall
-    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    _settle(sim, compliance)
     assert sim.trigger_shop_redact("hooks")
-    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    _settle(sim, compliance)
     client = service.engine.dynamodb
     for table in (settings.tables.orders, settings.tables.products, settings.tables.customers,
                   settings.tables.checkpoints):
@@ -248,8 +254,28 @@ def lambda_env(settings, sim, monkeypatch):
                         "SHOPIFY_APP_SECRET_REF": f"literal:{sim.webhook_secret('hooks')}"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(aws_lambda, "_handler", None)  # a new container
+    monkeypatch.setattr(aws_lambda, "_inbox", None)
     yield aws_lambda.handler
     monkeypatch.setattr(aws_lambda, "_handler", None)
+    monkeypatch.setattr(aws_lambda, "_inbox", None)
+
+
+def _inbox_stream(settings) -> list[dict]:
+    """What DynamoDB Local's stream of the inbox table holds, as Lambda's event source mapping passes it."""
+    import boto3
+
+    streams = boto3.client("dynamodbstreams", endpoint_url=settings.dynamodb_endpoint_url,
+                           region_name=settings.aws_region, aws_access_key_id="local", aws_secret_access_key="local")
+    arn = streams.list_streams(TableName=settings.tables.webhook_inbox)["Streams"][0]["StreamArn"]
+    records = []
+    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"],
+                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            page = streams.get_records(ShardIterator=iterator)
+            records.extend({**record, "eventSource": "aws:dynamodb"} for record in page["Records"])
+            iterator = page.get("NextShardIterator") if page["Records"] else None
+    return records
 
 
 def _headers(sim, topic: str, body: bytes, event_id: str) -> dict:
@@ -264,8 +290,15 @@ def test_the_lambda_takes_a_function_url_invocation_with_its_hmac(service, sim, 
     event = {"version": "2.0", "rawPath": "/", "headers": _headers(sim, "orders/updated", body, "lambda-1"),
              "requestContext": {"http": {"method": "POST"}}, "isBase64Encoded": True,
              "body": base64.b64encode(body).decode()}
-    assert lambda_env(event, None)["statusCode"] == 200
+    assert lambda_env(event, None)["statusCode"] == 200  # queued in the inbox: nothing read from Shopify yet
+    assert stored(service, "hook-user", "orders")[order] != graphql_truth(sim, "hooks", "orders")[order]
+    # The inbox table's stream invokes the Lambda again, which applies the event and empties the inbox.
+    records = _inbox_stream(service.engine.settings)
+    assert lambda_env({"Records": records}, None) == {"batchItemFailures": []}
     assert stored(service, "hook-user", "orders")[order] == graphql_truth(sim, "hooks", "orders")[order]
+    assert service.engine.dynamodb.scan(TableName=service.engine.settings.tables.webhook_inbox)["Items"] == []
+    # The delete that emptied it reaches the Lambda too, and changes nothing.
+    assert lambda_env({"Records": _inbox_stream(service.engine.settings)}, None) == {"batchItemFailures": []}
     forged = {**event, "headers": {**event["headers"], "x-shopify-hmac-sha256": _sign(sim, b"other")}}
     assert lambda_env(forged, None)["statusCode"] == 401
 
@@ -330,9 +363,9 @@ def test_a_crash_mid_apply_blocks_the_event_only_for_its_claim(service, sim):
 def test_a_redaction_survives_later_webhooks_and_a_full_sync(service, sim, compliance):
     customer, orders = _a_customer_with_orders(service)
     assert sim.trigger_customers_redact("hooks", customer, orders)
-    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    _settle(sim, compliance)
     sim.update_records("hooks", "orders", ids=orders[:1])  # Shopify still serves the order in full
-    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    _settle(sim, compliance)
     assert service.sync("hook-user", "manual").success  # and a full sync reads it all again
     assert customer not in stored(service, "hook-user", "customers")
     after = stored(service, "hook-user", "orders")
@@ -343,7 +376,7 @@ def test_two_users_connected_to_one_shop_both_get_its_deletes(service, sim, serv
     service.add_connection("hook-user2", sim.shop_url("hooks"), "literal:shpat_hooks")
     assert service.sync("hook-user2", "initial", data_types=("orders",)).success
     (gone,) = sim.delete_records("hooks", "orders", n=1, seed=71)
-    assert sim.wait_webhooks_idle("hooks", timeout=60)
+    _settle(sim, server)
     for user in ("hook-user", "hook-user2"):
         assert gone not in stored(service, user, "orders"), user
 
@@ -356,3 +389,73 @@ def test_the_server_refuses_bodies_without_an_honest_length(server):
             raw.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
             answer = raw.recv(200)
         assert answer.split(b" ")[1] in (b"411", b"413"), answer
+
+
+# Answer first, apply after (the webhook inbox) ---------------------------------------------------------------
+
+
+def _post(server, sim, topic: str, payload: dict, event_id: str) -> requests.Response:
+    body = json.dumps(payload).encode()
+    # Shopify gives up on an answer after 5 s (and retries): the timeout is that deadline.
+    return requests.post(server.url, data=body, headers=_headers(sim, topic, body, event_id), timeout=5)
+
+
+def test_the_answer_does_not_wait_for_shopify_and_the_event_is_applied_after(service, sim, server):
+    from shopify_pipeline.simulator.config import FaultConfig, FaultRule
+
+    (order,) = sim.update_records("hooks", "orders", n=1, seed=81)
+    _settle(sim, server)
+    for subscription in sim.webhook_subscriptions("hooks"):  # only our delivery below, not Shopify's own
+        if subscription["topic"] == "ORDERS_UPDATED":
+            sim.unsubscribe("hooks", subscription["id"])
+    sim.update_records("hooks", "orders", ids=[order])
+    # Every read of the record back from Shopify now hangs 6 s first (longer than Shopify waits for us).
+    sim.set_faults("hooks", FaultConfig(hang_seconds=6.0, rules=(FaultRule("hang", "graphql", times=1),)))
+    try:
+        answer = _post(server, sim, "orders/updated", {"id": order}, "slow-1")
+        assert (answer.status_code, answer.json()["result"]) == (200, "accepted")
+        assert _post(server, sim, "orders/updated", {"id": order}, "slow-1").json()["detail"] == "already queued"
+        assert server.wait_idle(60)
+    finally:
+        sim.set_faults("hooks", FaultConfig())
+    assert stored(service, "hook-user", "orders")[order] == graphql_truth(sim, "hooks", "orders")[order]
+    counts = service.engine.dynamodb.get_item(TableName=service.engine.settings.tables.checkpoints,
+                                              Key={"userId": {"S": "hook-user"}, "syncType": {"S": "webhook_status"}})
+    assert int(counts["Item"]["duplicate_orders"]["N"]) >= 1  # the second delivery, answered without a second apply
+
+
+def test_an_event_that_keeps_failing_is_kept_as_failed_then_replayed(service, sim, settings):
+    from shopify_pipeline.simulator.config import FaultConfig, FaultRule
+    from shopify_pipeline.webhooks.inbox import MAX_ATTEMPTS, WebhookInbox
+
+    inbox = WebhookInbox(service.engine.dynamodb, settings.tables.webhook_inbox, retry_base_seconds=0.05)
+    handler = WebhookHandler(service.engine, sim.webhook_secret("hooks"))
+    (order,) = sim.update_records("hooks", "orders", n=1, seed=91)
+    sim.set_faults("hooks", FaultConfig(rules=(FaultRule("500", "graphql", times=0),)))  # Shopify fails every read
+    env = {**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": settings.dynamodb_endpoint_url,
+           "SHOPIFY_PIPELINE_TABLE_PREFIX": settings.tables.checkpoints.removesuffix("sync_checkpoints")}
+
+    def cli(action: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "shopify_pipeline.cli", "webhooks", action, "--json"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    try:
+        with WebhookServer(handler, inbox=inbox, sweep_seconds=0.1) as server:
+            assert _post(server, sim, "orders/updated", {"id": order}, "failing-1").status_code == 200
+            assert server.wait_idle(120)  # retried until it failed for good
+            shown = cli("inbox")
+            assert (shown["pending"], shown["failed"]) == (0, 1)
+            assert shown["failed_events"][0]["attempts"] == MAX_ATTEMPTS
+            assert shown["failed_events"][0]["error"]  # the error's type, no payload
+            sim.set_faults("hooks", FaultConfig())
+            assert cli("replay")["replayed"] == 1
+            assert server.wait_idle(60)
+    finally:
+        sim.set_faults("hooks", FaultConfig())
+    assert stored(service, "hook-user", "orders")[order] == graphql_truth(sim, "hooks", "orders")[order]
+    assert cli("inbox")["failed"] == 0
+    counts = service.engine.dynamodb.get_item(TableName=settings.tables.checkpoints,
+                                              Key={"userId": {"S": "hook-user"}, "syncType": {"S": "webhook_status"}})
+    assert int(counts["Item"]["failed_orders"]["N"]) == 1 and int(counts["Item"]["applied_orders"]["N"]) >= 1

@@ -1,0 +1,238 @@
+"""The webhook inbox: answer Shopify at once, apply after (issue #15).
+
+Shopify waits 5 s for an answer, and applying an event can take longer: it reads the record back from Shopify,
+which waits when the shop's rate limit is spent. So the HTTPS door checks a delivery (HMAC, shop, shape),
+writes its events here, one item per user, and answers 200; the events are applied after, by the local
+server's workers (`InboxWorkers`) or, in AWS, by a Lambda that this table's stream invokes.
+
+An item holds ids only (topic, shop, user, record id; a compliance request's customer, order and request ids),
+never a payload: nothing personal waits here. An applied event's item is deleted. One whose apply fails is
+tried again after 1, 2, 4 … minutes (as Shopify would have); after MAX_ATTEMPTS it stays, marked failed, until
+`shopify-pipeline webhooks replay` or its TTL (7 days). The daily sync reconciles the records meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+
+from shopify_pipeline.dynamo.client import translate_errors
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+RETRY_BASE_SECONDS = 60.0  # the first retry's delay; each next one doubles (1, 2, 4 … 64 min: ~4 h in all)
+RETRY_CAP_SECONDS = 3600.0
+KEEP_DAYS = 7
+STUCK_SECONDS = 900.0  # a pending item due this long ago was left behind (`replay` takes it)
+PENDING, FAILED = "pending", "failed"
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    event: dict
+    status: str
+    attempts: int
+    not_before: float
+    last_error: str = ""
+
+    @property
+    def event_id(self) -> str:
+        return self.event["event_id"]
+
+
+class WebhookInbox:
+    """The inbox table (`TableNames.webhook_inbox`, key `id`, TTL `expiration`)."""
+
+    def __init__(self, dynamodb, table: str, clock: Callable[[], float] = time.time,
+                 retry_base_seconds: float = RETRY_BASE_SECONDS) -> None:
+        self.dynamodb = dynamodb
+        self.table = table
+        self._clock = clock
+        self.retry_base_seconds = retry_base_seconds
+
+    def put(self, event: dict) -> bool:
+        """Queue `event` (its `event_id` is the key). False when it is waiting already (a duplicate delivery)."""
+        now = self._clock()
+        item = {"id": {"S": event["event_id"]}, "event": {"S": json.dumps(event, sort_keys=True)},
+                "status": {"S": PENDING}, "attempts": {"N": "0"}, "notBefore": {"N": f"{now:.3f}"},
+                "receivedAt": {"S": _iso(now)}, "expiration": {"N": str(int(now) + KEEP_DAYS * 86_400)}}
+        with translate_errors(self.table, self.dynamodb.meta.endpoint_url):
+            try:
+                self.dynamodb.put_item(TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(id)")
+            except self.dynamodb.exceptions.ConditionalCheckFailedException:
+                return False
+        return True
+
+    def done(self, event_id: str) -> None:
+        with translate_errors(self.table, self.dynamodb.meta.endpoint_url):
+            self.dynamodb.delete_item(TableName=self.table, Key={"id": {"S": event_id}})
+
+    def postpone(self, event_id: str, seconds: float) -> None:
+        """Try again in `seconds`, without counting an attempt (another worker holds the event's claim)."""
+        self._update(event_id, "SET notBefore = :t", {":t": {"N": f"{self._clock() + seconds:.3f}"}})
+
+    def attempt_failed(self, item: InboxItem, error: BaseException) -> str:
+        """Count a failed attempt: PENDING again after the next delay, or FAILED after MAX_ATTEMPTS."""
+        attempts = item.attempts + 1
+        status = FAILED if attempts >= MAX_ATTEMPTS else PENDING
+        delay = min(RETRY_CAP_SECONDS, self.retry_base_seconds * 2 ** (attempts - 1))
+        # The error's type only: a message may quote a document (personal data).
+        self._update(item.event_id, "SET attempts = :a, #s = :s, notBefore = :t, lastError = :e",
+                     {":a": {"N": str(attempts)}, ":s": {"S": status}, ":t": {"N": f"{self._clock() + delay:.3f}"},
+                      ":e": {"S": type(error).__name__}})
+        return status
+
+    def get(self, event_id: str) -> InboxItem | None:
+        with translate_errors(self.table, self.dynamodb.meta.endpoint_url):
+            raw = self.dynamodb.get_item(TableName=self.table, Key={"id": {"S": event_id}},
+                                         ConsistentRead=True).get("Item")
+        return _item(raw) if raw else None
+
+    def due(self) -> list[InboxItem]:
+        """The pending items whose time has come."""
+        return [item for item in self.items(PENDING) if item.not_before <= self._clock()]
+
+    def items(self, status: str | None = None) -> list[InboxItem]:
+        """Every item (of `status`), read consistently."""
+        found = []
+        with translate_errors(self.table, self.dynamodb.meta.endpoint_url):
+            for page in self.dynamodb.get_paginator("scan").paginate(TableName=self.table, ConsistentRead=True):
+                found.extend(_item(raw) for raw in page.get("Items", []))
+        return [item for item in found if status is None or item.status == status]
+
+    def replay(self, stuck_seconds: float = STUCK_SECONDS) -> int:
+        """Queue again, attempts reset, the failed items and the pending ones nobody took for `stuck_seconds`
+        (in AWS, those left when the stream's retries ran out). Returns how many."""
+        now = self._clock()
+        failed = [item for item in self.items() if item.status == FAILED or item.not_before < now - stuck_seconds]
+        for item in failed:
+            now = self._clock()
+            # replayedAt changes the item, so in AWS its stream invokes the applying Lambda again.
+            self._update(item.event_id, "SET #s = :s, attempts = :z, notBefore = :t, replayedAt = :r",
+                         {":s": {"S": PENDING}, ":z": {"N": "0"}, ":t": {"N": f"{now:.3f}"}, ":r": {"S": _iso(now)}})
+        return len(failed)
+
+    def _update(self, event_id: str, expression: str, values: dict) -> None:
+        names = {"#s": "status"} if "#s" in expression else {}
+        # An item gone meanwhile was applied by another worker: nothing is left to change.
+        with translate_errors(self.table, self.dynamodb.meta.endpoint_url), \
+                contextlib.suppress(self.dynamodb.exceptions.ConditionalCheckFailedException):
+            self.dynamodb.update_item(TableName=self.table, Key={"id": {"S": event_id}},
+                                      UpdateExpression=expression, ExpressionAttributeValues=values,
+                                      ConditionExpression="attribute_exists(id)",
+                                      **({"ExpressionAttributeNames": names} if names else {}))
+
+
+def item_from_image(image: dict) -> InboxItem:
+    """An InboxItem from a DynamoDB stream record's NewImage (the same attribute-value shape)."""
+    return _item(image)
+
+
+def _item(raw: dict) -> InboxItem:
+    return InboxItem(json.loads(raw["event"]["S"]), raw.get("status", {}).get("S", PENDING),
+                     int(raw.get("attempts", {}).get("N", "0")), float(raw.get("notBefore", {}).get("N", "0")),
+                     raw.get("lastError", {}).get("S", ""))
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class InboxWorkers:
+    """Threads that apply the inbox's events with `handler.apply`: those the server hands over as it accepts
+    them, and every `sweep_seconds` the due ones (left by a restart, or waiting for a retry)."""
+
+    def __init__(self, handler, inbox: WebhookInbox, workers: int = 4, sweep_seconds: float = 5.0) -> None:
+        self.handler = handler
+        self.inbox = inbox
+        self.sweep_seconds = sweep_seconds
+        self._queue: queue.Queue[InboxItem | None] = queue.Queue()
+        self._busy: set[str] = set()  # queued or being applied
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._work, name=f"webhook-apply-{n}", daemon=True)
+                         for n in range(workers)]
+        self._threads.append(threading.Thread(target=self._sweep, name="webhook-sweep", daemon=True))
+
+    def start(self) -> InboxWorkers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop after the events being applied; what is still queued stays in the inbox for the next start."""
+        self._stop.set()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def submit(self, event: dict) -> None:
+        self._submit(InboxItem(event, PENDING, 0, 0.0))
+
+    def _submit(self, item: InboxItem) -> None:
+        with self._lock:
+            if item.event_id in self._busy:
+                return
+            self._busy.add(item.event_id)
+        self._queue.put(item)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is queued, being applied or pending in the inbox (failed items aside)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                busy = bool(self._busy)
+            if not busy and not self.inbox.items(PENDING):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _sweep(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for item in self.inbox.due():
+                    self._submit(item)
+            except Exception as error:  # noqa: BLE001 - DynamoDB unreachable for a while: the next sweep tries again
+                log.warning("webhook inbox sweep failed (%s); trying again in %.0f s", type(error).__name__,
+                            self.sweep_seconds)
+            self._stop.wait(self.sweep_seconds)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self._apply(item)
+            finally:
+                with self._lock:
+                    self._busy.discard(item.event_id)
+
+    def _apply(self, item: InboxItem) -> None:
+        event = item.event
+        try:
+            self.handler.apply(event)
+        except IdempotencyAlreadyInProgressError:
+            self.inbox.postpone(item.event_id, self.handler.claim_seconds)  # the claim ends by then
+            return
+        except Exception as error:  # noqa: BLE001 - counted and retried; the type only (a message may hold data)
+            current = self.inbox.get(item.event_id) or item
+            status = self.inbox.attempt_failed(current, error)
+            log.warning("webhook %s for %s not applied (%s, attempt %d of %d)%s", event["topic"], event["user"],
+                        type(error).__name__, current.attempts + 1, MAX_ATTEMPTS,
+                        ": kept as failed for `shopify-pipeline webhooks replay`" if status == FAILED else "")
+            if status == FAILED:
+                self.handler.note(event["user"], event["topic"], None, "failed")
+            return
+        self.inbox.done(item.event_id)
