@@ -2,7 +2,11 @@
 
 Shopify tells us the bucket on every answer (`X-Shopify-Shop-Api-Call-Limit: 32/40`). We model the
 bucket locally (level leaks at `leak_per_second`), reserve a slot before each request and wait when
-the bucket would overflow, so a sync runs near the plan's ceiling and rarely sees a 429.
+the bucket would overflow, so a sync runs near the plan's ceiling and rarely sees a 429. Each reading
+sets the level to Shopify's count plus our requests that it may not include yet, so the model is
+corrected in both directions on every answer: a leak rate not learned yet (the default is
+the slowest plan's) costs no more than the time between two answers, and the first bucketful is spent
+at once, as Shopify allows.
 
 Readings are not trusted blindly: a header that makes no sense (`1000000000/40`, `inf/40`, `41/40`) is
 clamped or ignored, the margin never eats the whole of a tiny bucket, and no single pause is longer than
@@ -14,10 +18,16 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 MAX_BUCKET = 100_000  # far above any plan (Plus: 400): a larger "size" is a broken header, not a bucket
 MIN_LEAK_PER_SECOND = 0.05
+# A request unanswered for this long was counted and leaked out long ago, or failed without an answer.
+IN_FLIGHT_SECONDS = 60.0
+# How many requests a window's count can be off by: a header rounds up, and an answer read just after a
+# reading may have been counted just before it (or the other way round).
+UNCERTAIN_REQUESTS = 3
 
 
 class Pacer:
@@ -29,16 +39,24 @@ class Pacer:
         size: int = 40,
         margin: int = 2,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
+        """`sleep` replaces waiting (a fake clock's, in tests); by default a waiting thread sleeps on the
+        pacer's readings, so that each answer wakes it to compute its wait again."""
         self.leak_per_second = max(MIN_LEAK_PER_SECOND, leak_per_second)
         self.size = size
         self.margin = margin
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._readings = threading.Condition(self._lock)
         self._level = 0.0
         self._at = clock()
+        self._in_flight: deque[float] = deque()  # when each request not answered yet was reserved
+        # Answers so far, and their number when each thread reserved its request (a thread waits for its
+        # answer before it reserves again): what came back meanwhile may have been counted after it.
+        self._answers = 0
+        self._answers_at_acquire: dict[int, int] = {}
         # An earlier reading (time, used) and how many answers came since: the leak rate is learned
         # from them, since plans (and a time-scaled simulator) leak at different rates.
         self._reference: tuple[float, float] | None = None
@@ -54,44 +72,68 @@ class Pacer:
         return self.size - min(self.margin, max(0, self.size - 1))
 
     def acquire(self) -> float:
-        """Reserve one request, sleeping until the bucket has room. Returns the seconds waited."""
-        waited = 0.0
-        while True:
-            with self._lock:
+        """Reserve one request, sleeping until the bucket has room. Returns the seconds waited.
+
+        Every answer must be passed to `observe` (a 429 too, header or not): that is how the pacer knows
+        the request is no longer in flight. One that never gets an answer stops counting after a minute."""
+        started = self._clock()
+        with self._lock:
+            while True:
                 now = self._clock()
                 self._leak(now)
                 room = self._usable() - self._level
                 if room >= 1 - 1e-9:  # float leak arithmetic must not leave us a hair short forever
                     self._level += 1
+                    self._in_flight.append(now)
+                    self._answers_at_acquire[threading.get_ident()] = self._answers
+                    waited = now - started
                     self.waited_seconds += waited
                     return waited
                 # Never longer than a full bucket takes to drain, whatever the model says.
-                pause = max(0.001, min((1 - room) / self.leak_per_second, self.size / self.leak_per_second))
-            self._sleep(pause)
-            waited += pause
+                self._pause(max(0.001, min((1 - room) / self.leak_per_second, self.size / self.leak_per_second)))
+
+    def _pause(self, seconds: float) -> None:
+        """Wait up to `seconds` with the lock released (the caller holds it); an answer ends it early."""
+        if self._sleep is None:
+            self._readings.wait(seconds)
+            return
+        self._lock.release()
+        try:
+            self._sleep(seconds)
+        finally:
+            self._lock.acquire()
+
+    def _answered(self, now: float) -> int:
+        """One request is no longer in flight. Returns how many still are."""
+        if self._in_flight:
+            self._in_flight.popleft()
+        while self._in_flight and self._in_flight[0] < now - IN_FLIGHT_SECONDS:
+            self._in_flight.popleft()
+        return len(self._in_flight)
 
     def observe(self, header: str | None) -> None:
-        """Correct the model from an answer's `X-Shopify-Shop-Api-Call-Limit` ("used/size")."""
-        if not header or "/" not in header:
-            return
-        try:
-            used, size = (float(part) for part in header.split("/", 1))
-        except ValueError:
-            return
-        if not (math.isfinite(used) and math.isfinite(size)) or not 1 <= size <= MAX_BUCKET or used < 0:
-            return  # not a bucket: ignore the reading rather than wait for it
-        used = min(used, size)  # "41/40": over the top means full, not a debt to sit out
+        """Count an answer and correct the model from its `X-Shopify-Shop-Api-Call-Limit` ("used/size")."""
         with self._lock:
             now = self._clock()
             self._leak(now)
+            in_flight = self._answered(now)
+            # Requests Shopify counted after this one were answered since it was reserved, or are in flight.
+            overtaken = self._answers - self._answers_at_acquire.pop(threading.get_ident(), self._answers)
+            self._answers += 1
+            reading = _reading(header)
+            if reading is None:
+                return  # not a bucket: ignore the reading rather than wait for it
+            used, size = reading
             if int(size) != self.size:
                 # Every Shopify plan leaks a twentieth of its bucket per second (40/2, 80/4, 400/20):
                 # a good first guess until the readings say better.
                 self.size = int(size)
                 self.leak_per_second = max(self.leak_per_second, self.size / 20)
             self._learn_leak(now, used)
-            # Our reservations for requests still in flight are not in Shopify's count yet: keep the max.
-            self._level = max(self._level, used)
+            # Shopify's count, and our requests it may not include yet: an upper bound of the level (those it
+            # does include are counted twice), however wrong the leak rate was.
+            self._level = min(float(self.size), used + in_flight + overtaken)
+            self._readings.notify_all()  # threads waiting on the old level compute their wait again
 
     def _learn_leak(self, now: float, used: float) -> None:
         """Between two readings Shopify counted one request per answer and leaked the rest."""
@@ -110,6 +152,10 @@ class Pacer:
                 learned = 0.5 * self.leak_per_second + 0.5 * min(estimate, self.size)
             else:  # the bucket may have run dry in between: the estimate is only a lower bound
                 learned = max(self.leak_per_second, min(estimate, self.size))
+            # What the window proves even if its count is off by the most it can be: taken at once, so
+            # that the first readings replace a default far below the real rate (no slow averaging up).
+            proven = (before + self._answers_since - used - UNCERTAIN_REQUESTS) / elapsed
+            learned = max(learned, min(proven, self.size))
             # Every plan leaks at least a twentieth of its bucket a second: a header that always says
             # "full" must not talk the rate down towards zero (each wait would make the next estimate lower).
             self.leak_per_second = max(learned, self.size / 20, MIN_LEAK_PER_SECOND)
@@ -121,6 +167,19 @@ class Pacer:
         with self._lock:
             self._leak(self._clock())
             self._level = max(self._level, float(self._usable()))
+
+
+def _reading(header: str | None) -> tuple[float, float] | None:
+    """(used, size) of a call-limit header, or None when it is not a bucket (`inf/40`, `5/0`, garbage)."""
+    if not header or "/" not in header:
+        return None
+    try:
+        used, size = (float(part) for part in header.split("/", 1))
+    except ValueError:
+        return None
+    if not (math.isfinite(used) and math.isfinite(size)) or not 1 <= size <= MAX_BUCKET or used < 0:
+        return None
+    return min(used, size), size  # "41/40": over the top means full, not a debt to sit out
 
 
 class FixedGapPacer:
