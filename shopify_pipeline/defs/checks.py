@@ -64,8 +64,9 @@ def build_sync_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
         )
 
     @dg.asset_check(asset=table_key(data_type), name="webhooks_applied", partitions_def=user_partitions,
-                    description=f"This user's {data_type} webhooks: none rejected, and the lag of the last one "
-                    "applied (Shopify's trigger to DynamoDB). Passes when the user gets no webhooks.")
+                    description=f"This user's {data_type} webhooks: none rejected or failed for good (see "
+                    "`shopify-pipeline webhooks inbox`), and the lag of the last one applied (Shopify's trigger to "
+                    "DynamoDB). Passes when the user gets no webhooks.")
     def webhooks_applied(context: dg.AssetCheckExecutionContext,
                          sync_engine: SyncEngineResource) -> dg.AssetCheckResult:
         engine, user = sync_engine.engine(), context.partition_key
@@ -74,10 +75,10 @@ def build_sync_checks(data_type: str) -> list[dg.AssetChecksDefinition]:
                 TableName=engine.settings.tables.checkpoints, ConsistentRead=True,
                 Key={"userId": {"S": user}, "syncType": {"S": WEBHOOK_STATUS}}).get("Item") or {}
         counts = {result: int(item.get(f"{result}_{data_type}", {}).get("N", "0"))
-                  for result in ("applied", "duplicate", "stale", "rejected")}
+                  for result in ("applied", "duplicate", "stale", "rejected", "failed")}
         lag = float(item.get(f"lagSeconds_{data_type}", {}).get("N", "-1"))
         return dg.AssetCheckResult(
-            passed=counts["rejected"] == 0,
+            passed=counts["rejected"] == 0 and counts["failed"] == 0,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={**{f"events_{k}": dg.MetadataValue.int(v) for k, v in counts.items()},
                       "last_applied": dg.MetadataValue.text(item.get(f"lastApplied_{data_type}", {}).get("S", "never")),
