@@ -55,7 +55,9 @@ class FaultRule:
     `endpoint` matches the endpoint name as counted in stats ("orders", "orders/count", "products", …;
     "graphql" for every GraphQL request, "graphql:orders" for one asking for the root field `orders`;
     None matches all); `page` matches the page number of a listing (1 is the request without
-    page_info or `after`; None matches any request). `times` <= 0 means forever.
+    page_info or `after`; None matches any request). `times` <= 0 means forever. `every=n` (> 0) spaces the
+    failures out: of the matching requests after `skip`, the n-th, 2n-th, … fail (`times` of them), the
+    others pass; FaultRule("503", every=3, times=0) is "a 503 every third request".
     """
 
     kind: str
@@ -63,10 +65,13 @@ class FaultRule:
     page: int | None = None
     skip: int = 0
     times: int = 1
+    every: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+        if self.every < 0:
+            raise ValueError("every counts requests: 0 (consecutive failures) or more")
 
 
 @dataclass(frozen=True)
@@ -372,7 +377,9 @@ class ShopConfig:
     KB). `large_product_every=n` likewise gives every n-th product `large_product_variants` variants
     (GraphQL pages through all of them; REST, as Shopify's deprecated products endpoint, serves only the
     first 100). `history_days` spreads created_at over that many days before the simulator starts.
-    `timezone_offset_minutes` is the shop's local offset used in every REST timestamp. `api_versions` are
+    `timezone_offset_minutes` is the shop's local offset used in every REST timestamp. `rest_bucket_size` and
+    `rest_leak_per_second` replace the plan's REST leaky bucket (requests, and requests leaked per Shopify
+    second), e.g. 3 and 1.0 for a bucket tighter than any plan's. `api_versions` are
     the supported versions: an older one is answered by the oldest of them, a newer one is 404. `bulk`
     configures bulk query operations (concurrency, speed, URL expiry, faults). `auth` gives the app expiring
     offline access tokens and the token endpoint; None keeps the one static `token`. `webhooks` configures
@@ -397,6 +404,8 @@ class ShopConfig:
     large_product_variants: int = 300
     history_days: int = 365
     timezone_offset_minutes: int = -300
+    rest_bucket_size: int | None = None
+    rest_leak_per_second: float | None = None
     api_versions: tuple[str, ...] = SUPPORTED_API_VERSIONS
     bulk: BulkConfig = field(default_factory=BulkConfig)
     auth: AuthConfig | None = None
@@ -412,6 +421,17 @@ class ShopConfig:
             raise ValueError(f"unknown plan {self.plan!r}; expected one of {', '.join(PLANS)}")
         if self.state not in SHOP_STATES:
             raise ValueError(f"unknown shop state {self.state!r}; expected one of {', '.join(SHOP_STATES)}")
+        if self.rest_bucket_size is not None and self.rest_bucket_size < 1:
+            raise ValueError("rest_bucket_size is a number of requests: 1 or more")
+        if self.rest_leak_per_second is not None and not self.rest_leak_per_second > 0:
+            raise ValueError("rest_leak_per_second must be positive (the \"unlimited\" plan has no limit)")
+
+    @property
+    def rest_bucket(self) -> tuple[int, float]:
+        """The REST leaky bucket: (size, leak per second), the plan's unless overridden."""
+        size, leak = PLANS[self.plan]
+        return (self.rest_bucket_size or size,
+                leak if self.rest_leak_per_second is None else self.rest_leak_per_second)
 
     @property
     def app_secret(self) -> str:

@@ -40,7 +40,8 @@ class FaultPlan:
         A rule's endpoint matches `endpoint` or one of `aliases` (a GraphQL request is "graphql" and
         "graphql:<root field>" for each root field it asks for).
         Rules are checked in order; the first whose endpoint and page match and whose window
-        (skip, then `times` failures) covers this match wins. Otherwise one seeded draw decides.
+        (skip, then `times` failures, consecutive or every `every`-th) covers this match wins.
+        Otherwise one seeded draw decides.
         """
         with self._lock:
             config = self.config
@@ -50,8 +51,12 @@ class FaultPlan:
                 if rule.page is not None and rule.page != page:
                     continue
                 self._matches[position] += 1
-                seen = self._matches[position]
-                if seen > rule.skip and (rule.times <= 0 or seen <= rule.skip + rule.times):
+                seen = self._matches[position] - rule.skip
+                if rule.every > 0:  # the every-th, 2·every-th … match after skip fails
+                    failures = seen // rule.every
+                    if seen > 0 and seen % rule.every == 0 and (rule.times <= 0 or failures <= rule.times):
+                        return rule.kind
+                elif seen > 0 and (rule.times <= 0 or seen <= rule.times):
                     return rule.kind
             self._draws += 1
             draw = self._draws

@@ -11,7 +11,6 @@ from shopify_pipeline.simulator.bucket import CostBucket, LeakyBucket
 from shopify_pipeline.simulator.config import (
     DATA_TYPES,
     GRAPHQL_RESTORE_RATES,
-    PLANS,
     SHOP_STATES,
     FaultConfig,
     ShopConfig,
@@ -72,7 +71,7 @@ class ShopRuntime:
         """The leaky bucket of (this shop, `token`), created on first use from the shop's plan."""
         with self._lock:
             if token not in self._buckets:
-                size, leak = PLANS[self.config.plan]
+                size, leak = self.config.rest_bucket
                 self._buckets[token] = LeakyBucket(size, leak, self.time_scale)
             return self._buckets[token]
 
