@@ -8,6 +8,7 @@ One table holds every kind of state item; the sort key says which:
 | `{syncType}_failed_{type}`     | failed batches (as the seed): ranges + where records are  |
 | `status_{type}`                | the durable sync status of one data type                  |
 | `lease_{type}`                 | who is syncing this user's data type, until when (lease.py) |
+| `bulk_finished_{number}`       | a bulk operation ended (its webhook; notices.py); TTL 7d  |
 
 Blobs too big for one item (the records of a failed batch, large staged pages) live in the documents
 table, compressed and chunked (see `BlobStore`).

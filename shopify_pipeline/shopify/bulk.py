@@ -50,6 +50,7 @@ POLL = f"query Poll($id: ID!) {{ bulkOperation(id: $id) {{ {OPERATION_FIELDS} }}
 # `bulkOperations` (API 2026-01+, newest first) replaced `currentBulkOperation`: it sees every operation of ours.
 RECENT = (f"query Recent($first: Int!, $after: String, $query: String) {{ bulkOperations(first: $first, "
           f"after: $after, query: $query) {{ nodes {{ {OPERATION_FIELDS} }} pageInfo {{ hasNextPage endCursor }} }} }}")
+NOTICE_SECONDS = 1.0  # how often a waiting sync looks for a bulk_operations/finish notice between polls
 MAX_RUN_DAYS = 10  # Shopify fails an operation that has not finished in 10 days
 CANCEL = (f"mutation Cancel($id: ID!) {{ bulkOperationCancel(id: $id) {{ bulkOperation {{ {OPERATION_FIELDS} }} "
           "userErrors { field message } } }")
@@ -193,14 +194,16 @@ class BulkOperations:
 
     def wait(self, operation_id: str, progress: Callable[[BulkOperation], None] | None = None,
              first_poll: float = 1.0, max_poll: float = 30.0, max_seconds: float = 10 * 24 * 3600,
-             first_seen: float | None = None) -> BulkOperation:
+             first_seen: float | None = None, ended: Callable[[], bool] | None = None) -> BulkOperation:
         """Poll until the operation ends: every `first_poll` seconds at first, doubling up to `max_poll`.
         Raises BulkOperationStuckError if it is still running `max_seconds` after it began (Shopify's limit is
         10 days): the earlier of its `createdAt` and `first_seen` (when we first knew of it, on our clock, so a
         run that resumes the wait does not start the count again, and a `createdAt` in the future cannot hold
-        it off), BulkOperationUnknownError if Shopify no longer knows it."""
+        it off), BulkOperationUnknownError if Shopify no longer knows it. `ended` (a bulk_operations/finish
+        webhook's notice) is asked every NOTICE_SECONDS between polls: once it says yes, Shopify is polled at once."""
         first_seen = self._clock() if first_seen is None else first_seen
         pause = first_poll
+        noticed = ended is None
         while True:
             operation = self.get(operation_id)
             if operation is None:
@@ -217,8 +220,21 @@ class BulkOperations:
                 raise BulkOperationStuckError(
                     f"bulk operation {operation_id} is still {operation.status} {age:.0f} s after it was created "
                     f"(the limit is {max_seconds:.0f} s; {operation.object_count} objects so far)", operation)
-            self._sleep(pause)
+            if noticed:
+                self._sleep(pause)
+            else:
+                noticed = self._sleep_unless(pause, ended)
             pause = min(max_poll, pause * 2)
+
+    def _sleep_unless(self, seconds: float, ended: Callable[[], bool]) -> bool:
+        """Sleep `seconds`, or less if `ended()` turns true (then True: the notice is taken once; should Shopify
+        still show the operation running, the polls go on as usual)."""
+        deadline = self._clock() + seconds
+        while (left := deadline - self._clock()) > 0:
+            if ended():
+                return True
+            self._sleep(min(NOTICE_SECONDS, left))
+        return False
 
     @staticmethod
     def result_url(operation: BulkOperation) -> str | None:

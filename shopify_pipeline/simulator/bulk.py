@@ -723,6 +723,8 @@ class BulkService:
         self._files: dict[str, tuple[Operation, bool]] = {}
         self._shops: dict[str, ShopBulk] = {}
         self._lock = threading.Lock()
+        # Called with (shop, operation) for every operation created: the webhooks watch it for bulk_operations/finish.
+        self.listeners: list[Callable[[ShopRuntime, Operation], None]] = []
 
     def shop(self, shop: ShopRuntime) -> ShopBulk:
         """The bulk operations of `shop`."""
@@ -747,6 +749,8 @@ class BulkService:
         with self._lock:
             self._files[operation.token] = (operation, False)
             self._files[operation.partial_token] = (operation, True)
+        for listener in self.listeners:
+            listener(operation.shop, operation)
 
     def _signature(self, token: str) -> str:
         return hmac.new(self._secret, token.encode(), hashlib.sha256).hexdigest()[:32]

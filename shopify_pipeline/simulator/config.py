@@ -275,6 +275,7 @@ class AuthConfig:
 # compliance topics are configured with the app, not through the API (ShopConfig.compliance_webhook_url).
 WEBHOOK_TOPICS: dict[str, str] = {
     "APP_UNINSTALLED": "app/uninstalled",
+    "BULK_OPERATIONS_FINISH": "bulk_operations/finish",
     "CUSTOMERS_CREATE": "customers/create",
     "CUSTOMERS_DELETE": "customers/delete",
     "CUSTOMERS_UPDATE": "customers/update",

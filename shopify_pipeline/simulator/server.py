@@ -102,6 +102,7 @@ class Simulator:
             self.shops[config.name] = ShopRuntime(config, time_scale, self.anchor, self.cache)
         self.bulk = BulkService(time_scale, lambda: self.base_url, self.cursors)
         self.webhooks = WebhookService(time_scale, self.cursors, self.shop_document)
+        self.bulk.listeners.append(self.webhooks.bulk_created)
         for runtime in self.shops.values():
             self.webhooks.shop(runtime)
         self.stopping = threading.Event()

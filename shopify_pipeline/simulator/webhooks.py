@@ -60,6 +60,8 @@ ATTEMPT_LOG_SIZE = 10_000
 DUPLICATE_ADDRESS = "Address for this topic has already been taken"
 NOT_FOUND = "Webhook subscription does not exist"
 FIRST_DATA_REQUEST_ID = 9999
+BULK_FINISHED = ("COMPLETED", "FAILED", "CANCELED")  # the ends bulk_operations/finish announces
+BULK_WATCH_SECONDS = 0.1
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -423,6 +425,29 @@ class ShopWebhooks:
                     triggered = record.updated
                 self._publish(topic, render, triggered, (data_type, record.id))
 
+    def watch_bulk(self, operation: Any) -> None:
+        """bulk_operations/finish once `operation` (simulator.bulk.Operation) completes, fails or is canceled: its
+        state is computed when asked, so it is looked at every BULK_WATCH_SECONDS (real) until it ends."""
+        with self.lock:
+            if not any(s.topic == "bulk_operations/finish" for s in self.subscriptions.values()):
+                return
+
+        def look() -> None:
+            state = operation.view()
+            if state.status not in BULK_FINISHED:
+                self.service.schedule(time.monotonic() + BULK_WATCH_SECONDS, look)
+                return
+            document = operation.document(state)
+            payload = {"admin_graphql_api_id": operation.id, "completed_at": document["completedAt"] or
+                       utc_from_us(self._now_us()), "created_at": document["createdAt"],
+                       "error_code": state.error_code and state.error_code.lower(), "status": state.status.lower(),
+                       "type": "query"}
+            body = dumps(payload)
+            with self.lock:
+                self._publish("bulk_operations/finish", lambda: body, self._now_us(), None)
+
+        self.service.schedule(time.monotonic() + BULK_WATCH_SECONDS, look)
+
     def trigger_app_uninstalled(self) -> str | None:
         """app/uninstalled with the shop as its payload. Returns the event id (None: nobody subscribed)."""
         body = dumps(self.service.shop_document(self.runtime))
@@ -702,6 +727,10 @@ class WebhookService:
             if runtime.name not in self._shops:
                 self._shops[runtime.name] = ShopWebhooks(self, runtime)
             return self._shops[runtime.name]
+
+    def bulk_created(self, runtime: ShopRuntime, operation: Any) -> None:
+        """BulkService's listener: a shop's new bulk operation, watched for its bulk_operations/finish."""
+        self.shop(runtime).watch_bulk(operation)
 
     def next_subscription_number(self) -> int:
         return next(self._numbers)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from shopify_pipeline.dynamo.notices import BulkFinishNotices
 from shopify_pipeline.dynamo.pages import PAGES_PER_SLICE, PageStore, page_number
 from shopify_pipeline.exact_json import dumps_json
 from shopify_pipeline.shopify.bulk import (
@@ -86,10 +87,12 @@ class BulkFetch:
     def __init__(self, source: GraphQLSource, pages: PageStore, key: str, data_type: str, state: dict,
                  save: Callable[[], None], status: Callable[[str], None], lease,
                  poll: tuple[float, float, float], slot_wait: float = 3600.0,
-                 held_elsewhere: Callable[[], set[str]] = set) -> None:
+                 held_elsewhere: Callable[[], set[str]] = set, notices: BulkFinishNotices | None = None) -> None:
         """`held_elsewhere` gives the operation ids this user's other checkpoints of the data type hold (another
-        sync type's paused export): never cancelled as leftovers."""
+        sync type's paused export): never cancelled as leftovers. `notices` are the user's bulk_operations/finish
+        webhooks: a waiting sync reads the result as soon as one says its operation ended."""
         self.held_elsewhere = held_elsewhere
+        self.notices = notices
         self.source, self.pages, self.key, self.data_type = source, pages, key, data_type
         self.state, self.bulk = state, state["bulk"]
         self.save, self.status, self.lease = save, status, lease
@@ -208,8 +211,10 @@ class BulkFetch:
                         "objects so far.")
 
         try:
-            operation = self.operations.wait(bulk["operation"], progress, first, longest, limit,
-                                             first_seen=bulk.get("first_seen"))
+            operation_id = bulk["operation"]
+            ended = (lambda: self.notices.ended(operation_id)) if self.notices is not None else None
+            operation = self.operations.wait(operation_id, progress, first, longest, limit,
+                                             first_seen=bulk.get("first_seen"), ended=ended)
         except BulkOperationUnknownError as error:
             return str(error)
         except BulkOperationStuckError as error:
@@ -337,9 +342,11 @@ class BulkFetch:
 
 def fetch_bulk(source: GraphQLSource, pages: PageStore, key: str, data_type: str, state: dict,
                save: Callable[[], None], status: Callable[[str], None], lease, poll: tuple[float, float, float],
-               slot_wait: float = 3600.0, held_elsewhere: Callable[[], set[str]] = set) -> None:
+               slot_wait: float = 3600.0, held_elsewhere: Callable[[], set[str]] = set,
+               notices: BulkFinishNotices | None = None) -> None:
     """Run (or resume) the bulk fetch of `state["bulk"]` to its end (see BulkFetch)."""
-    BulkFetch(source, pages, key, data_type, state, save, status, lease, poll, slot_wait, held_elsewhere).run()
+    BulkFetch(source, pages, key, data_type, state, save, status, lease, poll, slot_wait, held_elsewhere,
+              notices).run()
 
 
 def discard(state: dict) -> None:

@@ -25,6 +25,7 @@ from shopify_pipeline.dynamo.client import dynamodb_client, translate_errors
 from shopify_pipeline.dynamo.codec import GRAPHQL, REST, record_key, shape_of, updated_at
 from shopify_pipeline.dynamo.connections import Connection, ConnectionStore
 from shopify_pipeline.dynamo.lease import HeldLease, LeaseLostError, new_owner
+from shopify_pipeline.dynamo.notices import BulkFinishNotices
 from shopify_pipeline.dynamo.pages import PAGES_PER_SLICE, PageStore, page_number, sync_key
 from shopify_pipeline.dynamo.records import RecordTable
 from shopify_pipeline.dynamo.redaction import Redactions
@@ -445,7 +446,8 @@ class SyncEngine:
         if not bulk["done"]:
             try:
                 fetch_bulk(source, self.pages, key, data_type, state, save, status, lease, self.options.bulk_poll,
-                           self.options.bulk_slot_wait, held_elsewhere)
+                           self.options.bulk_slot_wait, held_elsewhere,
+                           BulkFinishNotices(self.dynamodb, self.settings.tables.checkpoints, user_id))
             except BulkGiveUp as give_up:
                 slices = self._slices(source, data_type)  # Shopify first: if this fails, nothing has changed
                 message = (f"The bulk export of {data_type} gave no whole result ({give_up.reason}); fetching by "

@@ -41,6 +41,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAl
 
 from shopify_pipeline.dynamo.client import translate_errors
 from shopify_pipeline.dynamo.connections import Connection, UnknownUserError
+from shopify_pipeline.dynamo.notices import BulkFinishNotices
 from shopify_pipeline.dynamo.records import RecordChanges, StaleChangeError
 from shopify_pipeline.errors import PermanentError
 from shopify_pipeline.shopify.client import shop_base_url
@@ -64,7 +65,8 @@ RECORD_TOPICS = {
 }
 # The mandatory compliance topics (sent to the app's compliance URL), and app/uninstalled.
 COMPLIANCE_TOPICS = ("customers/redact", "customers/data_request", "shop/redact")
-OTHER_TOPICS = ("app/uninstalled", *COMPLIANCE_TOPICS)
+BULK_FINISH = "bulk_operations/finish"  # wakes a sync waiting on the operation (dynamo/notices.py)
+OTHER_TOPICS = ("app/uninstalled", BULK_FINISH, *COMPLIANCE_TOPICS)
 KEY_PREFIX = "shopify-webhook"  # the idempotency key's prefix: the same whichever door or function applies it
 CLAIM_SECONDS = 60.0  # outside Lambda, how long a claim on an event lasts (one left by a crash ends then)
 WEBHOOK_STATUS = "webhook_status"  # the per-user counters item in sync_checkpoints
@@ -255,6 +257,10 @@ class WebhookHandler:
         topic = event["topic"]
         if topic in COMPLIANCE_TOPICS:
             return self._compliance(connection, event, at)
+        if topic == BULK_FINISH:
+            BulkFinishNotices(self.engine.dynamodb, self.engine.settings.tables.checkpoints,
+                              connection.user_id).record(event["operation"], event["status"])
+            return {"result": "applied", "detail": f"bulk operation {event['operation']} {event['status']}"}
         if topic == "app/uninstalled":
             if not self.engine.connections.mark_disconnected(connection.user_id, self._iso_now(), before=at):
                 return {"result": "stale", "detail": "the shop was connected again after this uninstall"}
@@ -350,6 +356,9 @@ def _malformed(delivery: Delivery) -> str | None:
             return f"a {topic} payload needs customer.id and {orders}"
         if topic == "customers/data_request" and fields["request_id"] is None:
             return "a customers/data_request payload needs data_request.id"
+    if topic == BULK_FINISH and not (str(body.get("admin_graphql_api_id")).startswith("gid://shopify/BulkOperation/")
+                                     and isinstance(body.get("status"), str)):
+        return "a bulk_operations/finish payload needs admin_graphql_api_id and status"
     if topic == "shop/redact" and set(body) - {"shop_id", "shop_domain"}:
         return "a shop/redact payload holds only shop_id and shop_domain"
     return None
@@ -363,7 +372,9 @@ def _parse_time(text: str | None) -> datetime | None:
 
 
 def _topic_fields(topic: str, body: dict) -> dict:
-    """What an event keeps of its body beyond the record id: a compliance request's ids."""
+    """What an event keeps of its body beyond the record id: a compliance request's ids, a bulk operation's."""
+    if topic == BULK_FINISH:
+        return {"operation": body["admin_graphql_api_id"], "status": body["status"]}
     return _compliance_fields(body) if topic in COMPLIANCE_TOPICS else {}
 
 

@@ -12,7 +12,8 @@ from shopify_pipeline.shopify.graphql import GraphQLClient
 
 # Our topics as GraphQL's WebhookSubscriptionTopic names.
 TOPICS = ("ORDERS_CREATE", "ORDERS_UPDATED", "ORDERS_DELETE", "PRODUCTS_CREATE", "PRODUCTS_UPDATE",
-          "PRODUCTS_DELETE", "CUSTOMERS_CREATE", "CUSTOMERS_UPDATE", "CUSTOMERS_DELETE", "APP_UNINSTALLED")
+          "PRODUCTS_DELETE", "CUSTOMERS_CREATE", "CUSTOMERS_UPDATE", "CUSTOMERS_DELETE", "APP_UNINSTALLED",
+          "BULK_OPERATIONS_FINISH")
 LIST = ("query Subscriptions($first: Int!, $after: String) { webhookSubscriptions(first: $first, after: $after) "
         "{ nodes { id topic uri } pageInfo { hasNextPage endCursor } } }")
 CREATE = ("mutation Subscribe($topic: WebhookSubscriptionTopic!, $uri: String!) { webhookSubscriptionCreate("

@@ -459,3 +459,38 @@ def test_an_event_that_keeps_failing_is_kept_as_failed_then_replayed(service, si
     counts = service.engine.dynamodb.get_item(TableName=settings.tables.checkpoints,
                                               Key={"userId": {"S": "hook-user"}, "syncType": {"S": "webhook_status"}})
     assert int(counts["Item"]["failed_orders"]["N"]) == 1 and int(counts["Item"]["applied_orders"]["N"]) >= 1
+
+
+# bulk_operations/finish wakes the sync waiting on the operation ---------------------------------------------
+
+
+def test_bulk_operations_finish_wakes_the_sync_waiting_on_its_operation(settings):
+    import threading
+
+    from shopify_pipeline.simulator.config import BulkConfig
+
+    # 40 orders with their line items export in a few seconds; the sync's first poll would come after 10 minutes.
+    shop = ShopConfig("bulkhook", "shpat_bulkhook", orders=40, products=3, customers=3, seed=43, plan="plus",
+                      bulk=BulkConfig(objects_per_second=40.0, created_seconds=0.5))
+    with Simulator([shop], time_scale=1) as sim:
+        options = SyncOptions(slices=1, bulk_threshold=1, bulk_poll=(600.0, 600.0, 86_400.0))
+        service = SyncService(SyncEngine(settings, SHOPIFY, options))
+        service.add_connection("bulk-user", sim.shop_url("bulkhook"), "literal:shpat_bulkhook")
+        handler = WebhookHandler(service.engine, sim.webhook_secret("bulkhook"))
+        with WebhookServer(handler) as server:
+            sim.subscribe("bulkhook", "bulk_operations/finish", server.url)
+            outcome: dict = {}
+            sync = threading.Thread(target=lambda: outcome.update(
+                result=service.sync("bulk-user", "initial", data_types=("orders",))), daemon=True)
+            sync.start()
+            sync.join(timeout=120)  # without the webhook it would wait out its 600 s poll
+            assert not sync.is_alive(), "the sync was not woken by bulk_operations/finish"
+            assert outcome["result"].success
+            assert server.wait_idle(30)
+        operations = sim.bulk_operations("bulkhook")
+        assert [op["status"] for op in operations] == ["COMPLETED"]
+        number = operations[0]["id"].rpartition("/")[2]
+        notice = service.engine.dynamodb.get_item(TableName=settings.tables.checkpoints, Key={
+            "userId": {"S": "bulk-user"}, "syncType": {"S": f"bulk_finished_{number}"}})
+        assert notice["Item"]["status"]["S"] == "completed"
+        assert stored(service, "bulk-user", "orders") == graphql_truth(sim, "bulkhook", "orders")
