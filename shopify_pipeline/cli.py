@@ -150,6 +150,18 @@ def _users(args: argparse.Namespace) -> int:
             raise SystemExit("users remove needs --user")
         removed = service.remove_connection(args.user)
         _print(args, {"removed": removed}, f"removed {args.user}" if removed else f"no connection for {args.user}")
+    elif args.action == "purge-uninstalled":
+        from shopify_pipeline.webhooks.compliance import Compliance, uninstalled_retention_days
+
+        days = args.days if args.days is not None else uninstalled_retention_days()
+        if days is None:
+            _print(args, {}, "SHOPIFY_UNINSTALLED_RETENTION_DAYS=none: uninstalled shops are kept until shop/redact")
+            return 0
+        outcome = Compliance(service.engine).purge_uninstalled(days)
+        _print(args, outcome, "\n".join(f"{user}: {'erased' if isinstance(done, dict) else done}"
+                                        for user, done in outcome.items())
+               or f"no shop uninstalled {days} or more days ago")
+        return 1 if any(isinstance(done, str) for done in outcome.values()) else 0
     else:
         connections = service.list_connections()
         rows = [f"{c.user_id:24} {c.shop:40} {c.api:8} last syncs: {c.last_sync or '-'}" for c in connections]
@@ -279,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     users = command("users", _users, "add, list or remove users' shop connections", user=False)
-    users.add_argument("action", choices=("add", "list", "remove"))
+    users.add_argument("action", choices=("add", "list", "remove", "purge-uninstalled"),
+                       help="purge-uninstalled: erase the data of shops that uninstalled the app --days (default "
+                       "SHOPIFY_UNINSTALLED_RETENTION_DAYS, 30) or more days ago, as shop/redact would")
+    users.add_argument("--days", type=int, help="purge-uninstalled: the retention in days")
     users.add_argument("--user", help="the user id (for add and remove)")
     users.add_argument("--shop", help="acme.myshopify.com (add)")
     users.add_argument("--token-ref", help="where the token is: env:VAR, secretsmanager:ID, literal:TOKEN (add)")

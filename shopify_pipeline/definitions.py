@@ -10,6 +10,7 @@ from shopify_pipeline.defs.assets import sync_assets
 from shopify_pipeline.defs.checks import sync_checks
 from shopify_pipeline.defs.jobs import daily_sync_job, full_sync_job, retry_failed_batches_job
 from shopify_pipeline.defs.resources import resources_from_env
+from shopify_pipeline.defs.retention import purge_uninstalled_job, purge_uninstalled_schedule
 from shopify_pipeline.defs.schedules import daily_sync_schedule
 from shopify_pipeline.defs.sensors import shopify_connections_sensor, sync_failure_sensor
 
@@ -33,8 +34,8 @@ def with_code_references(assets: list) -> list:
 defs = dg.Definitions(
     assets=with_code_references(sync_assets),
     asset_checks=sync_checks,
-    jobs=[full_sync_job, daily_sync_job, retry_failed_batches_job],
-    schedules=[daily_sync_schedule],
+    jobs=[full_sync_job, daily_sync_job, retry_failed_batches_job, purge_uninstalled_job],
+    schedules=[daily_sync_schedule, purge_uninstalled_schedule],
     sensors=[shopify_connections_sensor, sync_failure_sensor],
     resources=resources_from_env(),
     # One process per run: the engine's Shopify pacer is shared per shop within a process, so steps in

@@ -8,6 +8,11 @@ act when the webhook arrives. Each action is logged with ids only, never the per
 - `shop/redact`: every item of the shop's user is deleted: records and their chunks in the three record
   tables, checkpoints with their staged pages, status, failed batches, leases and tombstones, and the
   connection itself.
+- **Retention after an uninstall**: `app/uninstalled` only marks the connection disconnected; its data is kept
+  until `shop/redact` (Shopify sends it 48 hours after the uninstall), and at most
+  `SHOPIFY_UNINSTALLED_RETENTION_DAYS` (default 30, Shopify's deadline; `none`: until shop/redact) after the
+  uninstall: `purge_uninstalled` (the daily `purge_uninstalled` schedule, or `shopify-pipeline users
+  purge-uninstalled`) erases it as shop/redact would, should that webhook never arrive.
 - `customers/data_request`: the customer's stored record and the listed orders are written as one JSON file
   to `SHOPIFY_DATA_REQUEST_DIR` (for the merchant, who must hand it to the customer), and a record of the
   request (id, file, time) is kept in `sync_checkpoints` (`data_request_{id}`).
@@ -17,16 +22,36 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from shopify_pipeline.dynamo.client import translate_errors
 from shopify_pipeline.dynamo.codec import document_key, record_key
+from shopify_pipeline.dynamo.lease import LeaseHeldError
 from shopify_pipeline.dynamo.records import RecordChanges, RecordTable, StaleChangeError
 from shopify_pipeline.dynamo.redaction import Redactions, redact_order
 from shopify_pipeline.exact_json import dumps_json
-from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES
+from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, SettingsError
 
 log = logging.getLogger(__name__)
+
+
+RETENTION_VARIABLE = "SHOPIFY_UNINSTALLED_RETENTION_DAYS"
+DEFAULT_RETENTION_DAYS = 30  # Shopify's deadline for acting on shop/redact
+
+
+def uninstalled_retention_days(environ: Mapping[str, str] | None = None) -> int | None:
+    """How many days an uninstalled shop's data is kept at most (None: until shop/redact arrives)."""
+    text = ((os.environ if environ is None else environ).get(RETENTION_VARIABLE) or "").strip()
+    if not text:
+        return DEFAULT_RETENTION_DAYS
+    if text.lower() == "none":
+        return None
+    if not text.isdigit():
+        raise SettingsError(f"{RETENTION_VARIABLE}={text!r}: use a number of days (default "
+                            f"{DEFAULT_RETENTION_DAYS}; 0 erases at the next purge) or `none` (keep until shop/redact)")
+    return int(text)
 
 
 def data_request_dir() -> Path:
@@ -87,6 +112,24 @@ class Compliance:
         log.warning("shop/redact for %s: every record, checkpoint, status and the connection deleted (%s)",
                     user_id, deleted)
         return deleted
+
+    def purge_uninstalled(self, days: int, now: datetime | None = None) -> dict[str, dict | str]:
+        """Erase, as shop/redact does, every user whose shop uninstalled the app `days` or more days ago (the
+        backstop for a shop/redact that never came). {user: what was deleted, or why it was not (a sync of the
+        user holds its lease: the next purge tries again)}."""
+        now = now or datetime.now(timezone.utc)
+        outcome: dict[str, dict | str] = {}
+        for connection in self.engine.connections.list():
+            if not connection.disconnected_at:
+                continue
+            since = datetime.fromisoformat(connection.disconnected_at.replace("Z", "+00:00"))
+            if now - since < timedelta(days=days):
+                continue
+            try:
+                outcome[connection.user_id] = self.redact_shop(connection.user_id)
+            except LeaseHeldError as error:
+                outcome[connection.user_id] = f"not erased yet: {error}"
+        return outcome
 
     def data_request(self, user_id: str, customer_id: int, order_ids: list[int], request_id: str, at: str) -> dict:
         customers = RecordTable(self.engine.dynamodb, self.engine.settings, "customers")

@@ -494,3 +494,39 @@ def test_bulk_operations_finish_wakes_the_sync_waiting_on_its_operation(settings
             "userId": {"S": "bulk-user"}, "syncType": {"S": f"bulk_finished_{number}"}})
         assert notice["Item"]["status"]["S"] == "completed"
         assert stored(service, "bulk-user", "orders") == graphql_truth(sim, "bulkhook", "orders")
+
+
+# Retention after an uninstall ---------------------------------------------------------------------------------
+
+
+def test_an_uninstalled_shop_is_erased_after_the_retention_when_shop_redact_never_comes(service, sim, server,
+                                                                                      settings, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    from shopify_pipeline.defs.resources import DynamoDBResource, ShopifyResource, SyncEngineResource
+    from shopify_pipeline.defs.retention import purge_uninstalled_job
+    from shopify_pipeline.settings import SettingsError
+    from shopify_pipeline.webhooks.compliance import Compliance, uninstalled_retention_days
+
+    assert sim.trigger_app_uninstalled("hooks")
+    _settle(sim, server)
+    compliance = Compliance(service.engine)
+    assert compliance.purge_uninstalled(30) == {}  # within the retention: kept
+    assert stored(service, "hook-user", "orders")
+    later = datetime.now(timezone.utc) + timedelta(days=29, hours=23)
+    assert compliance.purge_uninstalled(30, now=later) == {}
+    # The Dagster job, with the retention from the environment: 0 days erases at once.
+    monkeypatch.setenv("SHOPIFY_UNINSTALLED_RETENTION_DAYS", "0")
+    resource = SyncEngineResource(
+        dynamodb=DynamoDBResource(endpoint_url=settings.dynamodb_endpoint_url, region_name=settings.aws_region,
+                                  table_prefix=settings.tables.orders.removesuffix("shopify_orders")),
+        shopify=ShopifyResource(allow_local_shops=True))
+    assert purge_uninstalled_job.execute_in_process(resources={"sync_engine": resource}).success
+    for data_type in DATA_TYPES:
+        assert stored(service, "hook-user", data_type) == {}, data_type
+    assert "hook-user" not in {c.user_id for c in service.engine.connections.list()}
+    # Settings: a number of days, `none`, or a clear error.
+    assert uninstalled_retention_days({}) == 30 and uninstalled_retention_days({"SHOPIFY_UNINSTALLED_RETENTION_DAYS":
+                                                                                 "none"}) is None
+    with pytest.raises(SettingsError, match="number of days"):
+        uninstalled_retention_days({"SHOPIFY_UNINSTALLED_RETENTION_DAYS": "thirty"})
