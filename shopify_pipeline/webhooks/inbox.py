@@ -8,7 +8,8 @@ server's workers (`InboxWorkers`) or, in AWS, by a Lambda that this table's stre
 An item holds ids only (topic, shop, user, record id; a compliance request's customer, order and request ids),
 never a payload: nothing personal waits here. An applied event's item is deleted. One whose apply fails is
 tried again after 1, 2, 4 … minutes (as Shopify would have); after MAX_ATTEMPTS it stays, marked failed, until
-`shopify-pipeline webhooks replay` or its TTL (7 days). The daily sync reconciles the records meanwhile.
+`shopify-pipeline webhooks replay` or its TTL (7 days; the daily sync reconciles the records meanwhile). A
+compliance request's item has no TTL: nothing else would carry it out.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ RETRY_CAP_SECONDS = 3600.0
 KEEP_DAYS = 7
 STUCK_SECONDS = 900.0  # a pending item due this long ago was left behind (`replay` takes it)
 PENDING, FAILED = "pending", "failed"
+# A merchant's privacy request has no reconciliation: its item stays until it is applied, failed or not.
+NEVER_EXPIRE = ("customers/redact", "customers/data_request", "shop/redact")
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ class WebhookInbox:
         now = self._clock()
         item = {"id": {"S": event["event_id"]}, "event": {"S": json.dumps(event, sort_keys=True)},
                 "status": {"S": PENDING}, "attempts": {"N": "0"}, "notBefore": {"N": f"{now:.3f}"},
-                "receivedAt": {"S": _iso(now)}, "expiration": {"N": str(int(now) + KEEP_DAYS * 86_400)}}
+                "receivedAt": {"S": _iso(now)}}
+        if event["topic"] not in NEVER_EXPIRE:  # the daily sync reconciles a record event lost with its item
+            item["expiration"] = {"N": str(int(now) + KEEP_DAYS * 86_400)}
         with translate_errors(self.table, self.dynamodb.meta.endpoint_url):
             try:
                 self.dynamodb.put_item(TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(id)")

@@ -530,3 +530,14 @@ def test_an_uninstalled_shop_is_erased_after_the_retention_when_shop_redact_neve
                                                                                  "none"}) is None
     with pytest.raises(SettingsError, match="number of days"):
         uninstalled_retention_days({"SHOPIFY_UNINSTALLED_RETENTION_DAYS": "thirty"})
+
+
+def test_a_compliance_request_waiting_in_the_inbox_never_expires(service, settings):
+    from shopify_pipeline.webhooks.inbox import WebhookInbox
+
+    inbox = WebhookInbox(service.engine.dynamodb, settings.tables.webhook_inbox)
+    base = {"user": "hook-user", "shop": "hooks.myshopify.com", "id": None, "triggered_at": None}
+    assert inbox.put({**base, "event_id": "e-redact", "topic": "customers/redact", "customer_id": 1, "orders": []})
+    assert inbox.put({**base, "event_id": "e-order", "topic": "orders/updated", "id": 5})
+    items = {i["id"]["S"]: i for i in service.engine.dynamodb.scan(TableName=settings.tables.webhook_inbox)["Items"]}
+    assert "expiration" not in items["e-redact"] and int(items["e-order"]["expiration"]["N"]) > time.time()
