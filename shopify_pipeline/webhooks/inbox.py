@@ -220,6 +220,9 @@ class InboxWorkers:
                 return
             try:
                 self._apply(item)
+            except Exception as error:  # noqa: BLE001 - the inbox itself failed (DynamoDB): the item stays
+                log.warning("webhook inbox: %s while applying an event; the sweep takes it again",
+                            type(error).__name__)
             finally:
                 with self._lock:
                     self._busy.discard(item.event_id)

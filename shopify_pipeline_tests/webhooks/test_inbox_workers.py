@@ -1,0 +1,59 @@
+"""InboxWorkers at the seam: a fake inbox and handler, to reach failures the real servers rarely show."""
+
+from __future__ import annotations
+
+import threading
+
+from shopify_pipeline.dynamo.client import DynamoThrottledError
+from shopify_pipeline.webhooks.inbox import PENDING, InboxItem, InboxWorkers
+
+
+class _Inbox:
+    """Holds items in memory; `done` fails the first time (DynamoDB throttled)."""
+
+    def __init__(self) -> None:
+        self.items_by_id: dict[str, InboxItem] = {}
+        self.fail_done = 1
+        self.lock = threading.Lock()
+
+    def items(self, status: str | None = None) -> list[InboxItem]:
+        with self.lock:
+            return [i for i in self.items_by_id.values() if status is None or i.status == status]
+
+    def due(self) -> list[InboxItem]:
+        return self.items(PENDING)
+
+    def get(self, event_id: str) -> InboxItem | None:
+        return self.items_by_id.get(event_id)
+
+    def done(self, event_id: str) -> None:
+        with self.lock:
+            if self.fail_done:
+                self.fail_done -= 1
+                raise DynamoThrottledError("throttled")
+            self.items_by_id.pop(event_id, None)
+
+
+class _Handler:
+    claim_seconds = 1.0
+
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+
+    def apply(self, event: dict) -> dict:
+        self.applied.append(event["event_id"])
+        return {"result": "applied"}
+
+
+def test_a_worker_outlives_an_inbox_failure_and_the_sweep_finishes_the_event():
+    inbox, handler = _Inbox(), _Handler()
+    events = [{"event_id": f"e{n}", "topic": "orders/updated", "user": "u"} for n in range(3)]
+    for event in events:
+        inbox.items_by_id[event["event_id"]] = InboxItem(event, PENDING, 0, 0.0)
+    workers = InboxWorkers(handler, inbox, workers=1, sweep_seconds=0.05).start()  # one worker: it must survive
+    try:
+        assert workers.wait_idle(10)
+    finally:
+        workers.close()
+    assert inbox.items() == []  # every event done, the one whose `done` failed too (applied again: a duplicate)
+    assert sorted(set(handler.applied)) == ["e0", "e1", "e2"]
