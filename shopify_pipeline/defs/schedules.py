@@ -1,21 +1,39 @@
 """The daily sync: one run per user partition, each with its own run key for the day."""
 
+import os
+from collections.abc import Mapping
 from datetime import datetime, timezone
 
 import dagster as dg
+from dagster._utils.schedules import is_valid_cron_string
 
 from shopify_pipeline.defs.assets import sync_run_config
 from shopify_pipeline.defs.jobs import daily_sync_job
 from shopify_pipeline.defs.partitions import USER_TAG, user_partitions
 from shopify_pipeline.defs.resources import SyncEngineResource
+from shopify_pipeline.settings import SettingsError
+
+DAILY_CRON_VARIABLE = "SHOPIFY_DAILY_SYNC_CRON"
+DEFAULT_DAILY_CRON = "0 3 * * *"
+
+
+def daily_cron(environ: Mapping[str, str] | None = None) -> str:
+    """When the daily sync runs (UTC): `SHOPIFY_DAILY_SYNC_CRON`, default 03:00 every day. SettingsError names
+    a value that is not a five-field cron string."""
+    cron = (os.environ if environ is None else environ).get(DAILY_CRON_VARIABLE) or DEFAULT_DAILY_CRON
+    if not is_valid_cron_string(cron):
+        raise SettingsError(f"{DAILY_CRON_VARIABLE}={cron!r} is not a cron string: use five fields, e.g. "
+                            f"{DEFAULT_DAILY_CRON!r} (03:00 UTC every day)")
+    return cron
 
 
 @dg.schedule(
     job=daily_sync_job,
-    cron_schedule="0 3 * * *",
+    cron_schedule=daily_cron(),
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Every day at 03:00 UTC: a daily sync (changes only) of every connected user.",
+    description=f"A daily sync (changes only) of every connected user, on `{daily_cron()}` UTC "
+    f"(default every day at 03:00; {DAILY_CRON_VARIABLE}).",
 )
 def daily_sync_schedule(context: dg.ScheduleEvaluationContext, sync_engine: SyncEngineResource):
     """One RunRequest per user partition; the run key (user, day) makes a re-evaluation launch nothing twice.
