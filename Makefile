@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint ui
 
-$(BIN)/shopify-pipeline: pyproject.toml
+$(BIN)/shopify-pipeline: pyproject.toml deploy/requirements.txt
 	bash scripts/ensure-prerequisites.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	# The runtime dependencies at the versions the image installs (deploy/requirements.txt, checked by a test).
+	$(BIN)/pip install --quiet -c deploy/requirements.txt -e '.[test]'
 	$(BIN)/shopify-pipeline local-dynamodb --fetch-only
 	touch $@
 
