@@ -1,11 +1,12 @@
 """Page sources: how the sync engine reads a listing from Shopify, one page at a time, over one API.
 
 The engine plans slices, stages pages, saves checkpoints and loads batches the same way for every API;
-a source is the seam under it. It answers five questions: which scopes the token has, how many records a
-listing holds, when the oldest was created (to plan slices), what the page at a position is, and which
-records were deleted since a moment. A position is opaque to the engine: REST's is the next link without
-its host, GraphQL's the connection's `endCursor`; None is the first page. Both are small enough to live in
-the checkpoint, so a killed sync resumes at the page it was fetching.
+a source is the seam under it. It answers these questions: which scopes the token has, how many records a
+listing holds (all, or those created up to a moment), when the oldest was created, how many records a page
+holds and how many pages the rate limit lets run at once (these four to plan slices), what the page at a
+position is, and which records were deleted since a moment. A position is opaque to the engine: REST's is
+the next link without its host, GraphQL's the connection's `endCursor`; None is the first page. Both are
+small enough to live in the checkpoint, so a killed sync resumes at the page it was fetching.
 
 A staged page body is `{"<data type>": [records …]}` for both APIs, with the records as that API returns
 them (REST's exact bytes; GraphQL's nodes with their nested connections paged to the end).
@@ -23,7 +24,9 @@ from shopify_pipeline.dynamo.codec import GRAPHQL, REST
 from shopify_pipeline.exact_json import dumps_json
 from shopify_pipeline.shopify.bulk_records import bulk_query
 from shopify_pipeline.shopify.client import ClientStats, ShopifyClient, UnexpectedAnswerError
+from shopify_pipeline.shopify.cost_pacer import SINGLE_QUERY_MAX_COST, page_size_for
 from shopify_pipeline.shopify.graphql import GraphQLClient
+from shopify_pipeline.shopify.pacer import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,10 @@ class PageSource(Protocol):
     def answered_version(self) -> str | None: ...
     def granted_scopes(self) -> set[str]: ...
     def count(self, data_type: str) -> int: ...
+    def count_created(self, data_type: str, up_to: str) -> int: ...
     def oldest_created_at(self, data_type: str) -> str | None: ...
+    def page_size(self, data_type: str) -> int: ...
+    def parallel_pages(self) -> int | None: ...
     def page(self, data_type: str, filters: dict, position: str | None) -> SourcePage: ...
     def deletions_page(self, data_type: str, since: str, position: str | None) -> SourcePage: ...
     def close(self) -> None: ...
@@ -91,6 +97,22 @@ class RestSource:
 
     def count(self, data_type: str) -> int:
         return self.client.count(data_type)
+
+    def count_created(self, data_type: str, up_to: str) -> int:
+        """Shopify's count of the records created at or before `up_to` (ISO-8601 UTC, to the second)."""
+        return self.client.count(data_type, {"created_at_max": up_to})
+
+    def page_size(self, data_type: str) -> int:
+        """The records one page of a listing holds (the `limit` we ask for)."""
+        return self.client.settings.page_size
+
+    def parallel_pages(self) -> int | None:
+        """How many requests the shop's bucket, as last read, lets run at once (what the pacer keeps free of its
+        margin); None when a fixed gap paces the client instead."""
+        pacer = self.client.pacer
+        if not isinstance(pacer, Pacer):
+            return None
+        return max(1, pacer.size - pacer.margin)
 
     def oldest_created_at(self, data_type: str) -> str | None:
         url = self.client.first_page_url(data_type, {"limit": 1, "order": "created_at asc", "fields": "id,created_at"})
@@ -152,11 +174,14 @@ RECORD_SCALARS = {
                  "publishedAt tags"),
     "customers": "id legacyResourceId email firstName lastName phone state note createdAt updatedAt tags",
 }
+INLINE_ITEMS = {"orders": 10, "products": 25, "customers": 5}  # nested items a listing asks for per record
 RECORD_FIELDS = {
-    "orders": f"{RECORD_SCALARS['orders']} lineItems(first: 10) {{ nodes {{ {LINE_ITEM_FIELDS} }} {_PAGE_INFO} }}",
-    "products": f"{RECORD_SCALARS['products']} variants(first: 25) {{ nodes {{ {VARIANT_FIELDS} }} {_PAGE_INFO} }}",
-    "customers": (f"{RECORD_SCALARS['customers']} addressesV2(first: 5) {{ nodes {{ {ADDRESS_FIELDS} }} "
-                  f"{_PAGE_INFO} }}"),
+    "orders": (f"{RECORD_SCALARS['orders']} lineItems(first: {INLINE_ITEMS['orders']}) "
+               f"{{ nodes {{ {LINE_ITEM_FIELDS} }} {_PAGE_INFO} }}"),
+    "products": (f"{RECORD_SCALARS['products']} variants(first: {INLINE_ITEMS['products']}) "
+                 f"{{ nodes {{ {VARIANT_FIELDS} }} {_PAGE_INFO} }}"),
+    "customers": (f"{RECORD_SCALARS['customers']} addressesV2(first: {INLINE_ITEMS['customers']}) "
+                  f"{{ nodes {{ {ADDRESS_FIELDS} }} {_PAGE_INFO} }}"),
 }
 TYPE_NAMES = {"orders": "Order", "products": "Product", "customers": "Customer"}
 RECORD_QUERY_COST = 100  # what one record's query (`GraphQLSource.record`) is expected to cost at most
@@ -265,6 +290,23 @@ class GraphQLSource:
             log.warning("Shopify's %s is %s %d, not an exact count", field, precision, count)
         self.count_precision[data_type] = str(precision)
         return count
+
+    def count_created(self, data_type: str, up_to: str) -> int:
+        """Shopify's count of the records created at or before `up_to` (ISO-8601 UTC, to the second)."""
+        return self.count(data_type, search_query({"created_at_max": up_to}))
+
+    def page_size(self, data_type: str) -> int:
+        """About how many records one page of a listing holds: as many as the single-query maximum cost allows
+        (an estimate by Shopify's cost rules; the pages themselves are sized from the costs Shopify answers)."""
+        item_cost = NESTED[data_type][3]
+        # The record 1, its small objects (money bags, a customer) about 10, its nested connection 2 + items.
+        per_record = 1 + 10 + 2 + INLINE_ITEMS[data_type] * item_cost
+        return page_size_for(per_record, 2, self.graphql.pacer.maximum)
+
+    def parallel_pages(self) -> int | None:
+        """How many pages the cost bucket, as last read, holds at once (a page costs up to the single-query
+        maximum)."""
+        return max(1, int(self.graphql.pacer.maximum // SINGLE_QUERY_MAX_COST))
 
     def oldest_created_at(self, data_type: str) -> str | None:
         query = f"query Oldest {{ {data_type}(first: 1, sortKey: CREATED_AT) {{ nodes {{ createdAt }} }} }}"

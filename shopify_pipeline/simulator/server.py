@@ -273,9 +273,15 @@ class Simulator:
         return self._webhooks(shop_name).wait_idle(timeout)
 
     def trigger_app_uninstalled(self, shop_name: str) -> str | None:
-        """Send app/uninstalled (payload: the shop) to its subscribers. Returns the X-Shopify-Event-Id, or None
-        when nobody is subscribed. Tokens stay valid: revoke them with AuthFaults(revoked=True)."""
+        """Uninstall the app: the shop's tokens stop working (401, as Shopify revokes them), and app/uninstalled
+        (payload: the shop) goes to its subscribers. Returns the X-Shopify-Event-Id, or None when nobody is
+        subscribed. `reinstall` undoes it."""
+        self._shop(shop_name).installed = False
         return self._webhooks(shop_name).trigger_app_uninstalled()
+
+    def reinstall(self, shop_name: str) -> None:
+        """The merchant installs the app again: the shop's token works again."""
+        self._shop(shop_name).installed = True
 
     def trigger_customers_redact(self, shop_name: str, customer_id: int,
                                  orders_to_redact: list[int] | None = None) -> str | None:
@@ -498,6 +504,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             graphql_request = GraphQLRequest.read(body, self.headers.get("Content-Type") or "")
             aliases, page, limit = graphql_request.fault_keys(self.sim.cursors)
+            shop.count_graphql_roots(aliases)
         else:
             page_info = query.get("page_info", [None])[-1]
             page = self.sim.tokens.peek_page(page_info)

@@ -55,9 +55,13 @@ class ShopRuntime:
         self._statuses: Counter[str] = Counter()
         self._faults_served: Counter[str] = Counter()
         self._graphql_throttled = 0
+        self._graphql_roots: Counter[str] = Counter()
+        self.installed = True  # False after an uninstall: Shopify revokes the app's tokens
 
     def accepts(self, token: str | None) -> bool:
         """Whether an API request with this X-Shopify-Access-Token is authenticated."""
+        if not self.installed:
+            return False
         if self.auth is None:
             return token == self.token
         return self.auth.accepts(token or "")
@@ -104,6 +108,11 @@ class ShopRuntime:
             if fault:
                 self._faults_served[fault] += 1
 
+    def count_graphql_roots(self, aliases: tuple[str, ...]) -> None:
+        """Count one GraphQL request under each root field it asks for ("graphql:orders" counts as "orders")."""
+        with self._lock:
+            self._graphql_roots.update(alias.removeprefix("graphql:") for alias in aliases)
+
     def count_graphql_throttled(self) -> None:
         """Count one GraphQL answer that was THROTTLED (HTTP 200, so not among the 429s)."""
         with self._lock:
@@ -127,6 +136,7 @@ class ShopRuntime:
                 "bucket_size": bucket.size,
                 "leak_per_second": bucket.leak_per_second * bucket.time_scale,
                 "graphql_throttled": self._graphql_throttled,
+                "graphql_roots": dict(self._graphql_roots),
                 "graphql_throttle_status": cost_bucket.status(),
                 "state": self.state,
                 "records": {data_type: collection.count(lambda _: True)

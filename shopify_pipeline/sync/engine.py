@@ -88,9 +88,12 @@ class UnexpectedError(PermanentError):
 class SyncOptions:
     """How a sync plans its work."""
 
-    slices: int = 4  # full syncs split the created_at range into this many slices, fetched in parallel
+    slices: int = 4  # full syncs split the created_at range into at most this many slices, fetched in parallel
     lookback: timedelta = timedelta(hours=1)  # daily syncs re-read this much before the high-water mark
     min_records_to_slice: int = 1000  # smaller listings are fetched as one slice
+    # Each slice gets at least this many pages of the count (1 000 orders, 4 pages of 250: one slice), so the
+    # requests that plan slices and the part-filled last page of each stay a small share of the sync's.
+    min_pages_per_slice: int = 4
     # Full syncs of GraphQL connections with at least this many records export them with one bulk operation
     # (None: never). Polls start at the first interval and double up to the second; the third is the most
     # an operation may run (Shopify's limit is 10 days).
@@ -528,24 +531,40 @@ class SyncEngine:
 
     def _slices(self, source: PageSource, data_type: str, count: int | None = None
                 ) -> list[tuple[str | None, str | None]]:
-        if self.options.slices <= 1:
-            return [(None, None)]
-        if (source.count(data_type) if count is None else count) < self.options.min_records_to_slice:
+        """The created_at ranges (inclusive, to the second) of a full sync's slices, planned from the data: one
+        slice unless the listing fills `min_pages_per_slice` pages per slice and the rate limit lets that many
+        pages be fetched at once; otherwise about equal counts each, found with count requests (see
+        `_balanced_bounds`), never an empty one. The first slice has no lower bound and the last none above,
+        so nothing created meanwhile is missed."""
+        total = source.count(data_type) if count is None else count
+        parts = self._slice_count(source, data_type, total)
+        if parts <= 1:
             return [(None, None)]
         oldest = source.oldest_created_at(data_type)
         try:
             low = datetime.fromisoformat(oldest.replace("Z", "+00:00")).astimezone(timezone.utc).replace(microsecond=0)
         except (TypeError, ValueError, OverflowError, AttributeError):
             return [(None, None)]  # no usable oldest record: one slice reads everything just the same
-        span = (datetime.now(timezone.utc) - low) / self.options.slices
-        bounds = [low + span * i for i in range(self.options.slices)]
-        # created_at_min/max are inclusive and to the second: each slice ends a second before the next.
-        # The first slice has no lower bound and the last none above, so nothing created meanwhile is missed.
-        return [
-            (None if i == 0 else _iso(start),
-             None if i == len(bounds) - 1 else _iso(bounds[i + 1] - timedelta(seconds=1)))
-            for i, start in enumerate(bounds)
-        ]
+        high = datetime.now(timezone.utc).replace(microsecond=0)
+        pages = -(-total // max(1, source.page_size(data_type)))
+        # Count requests: one round (a cut each), and for a big listing up to four rounds, about 1 per 8 pages.
+        budget = max(parts - 1, min(4 * (parts - 1), pages // 8))
+        bounds = _balanced_bounds(lambda moment: source.count_created(data_type, _iso(moment)), low, high, total,
+                                  parts, budget)
+        # created_at_min/max are inclusive and to the second: each slice starts a second after the last ended.
+        lows = [None, *(_iso(bound + timedelta(seconds=1)) for bound in bounds)]
+        highs = [*(_iso(bound) for bound in bounds), None]
+        return list(zip(lows, highs, strict=True))
+
+    def _slice_count(self, source: PageSource, data_type: str, total: int) -> int:
+        """How many slices a full sync of `total` records gets: at most `slices`, one per `min_pages_per_slice`
+        pages, and no more than the rate limit lets fetch pages at once (more would only wait in the pacer)."""
+        if self.options.slices <= 1 or total < self.options.min_records_to_slice:
+            return 1
+        pages = -(-total // max(1, source.page_size(data_type)))
+        parts = min(self.options.slices, pages // max(1, self.options.min_pages_per_slice))
+        parallel = source.parallel_pages()
+        return max(1, parts if parallel is None else min(parts, parallel))
 
     # Load ----------------------------------------------------------------------------------------
 
@@ -747,6 +766,54 @@ def _is_id(value: object) -> bool:
 def _slice(index: int, low: str | None, high: str | None) -> dict:
     return {"i": index, "min": low, "max": high, "next": None, "pages": 0, "records": 0, "done": False,
             "failed": None}
+
+
+def _balanced_bounds(count_up_to: Callable[[datetime], int], low: datetime, high: datetime, total: int,
+                     parts: int, budget: int) -> list[datetime]:
+    """Moments (whole seconds) that cut the records created in [low, high] into up to `parts` runs of about
+    `total / parts` each; `count_up_to(moment)` is the number created at or before it, one request each, at
+    most `budget` of them.
+
+    Each round probes every stretch between known counts that holds a cut not yet within a quarter of a slice
+    of its target: where linear interpolation puts each cut (equal-time cuts on the first round, exact for
+    evenly spread records), or, when the stretch before it proved empty, at a quarter, a sixteenth, … of it
+    from its far end, so that a cluster of recent orders in a long-lived shop is found in a few rounds (and
+    the same towards the start). Then each cut takes the known moment whose count is nearest its target; one
+    whose count is 0, `total`, or another cut's is dropped: no slice is planned empty, fewer are instead."""
+    known = {low - timedelta(seconds=1): 0, high: total}
+    targets = [total * k / parts for k in range(1, parts)]
+    tolerance = total / parts / 4
+    spent = 0
+    while spent < budget:
+        moments = sorted(known)
+        counts = [known[moment] for moment in moments]
+        open_targets = [t for t in targets if not any(abs(counted - t) <= tolerance for counted in counts)]
+        probes = set()
+        for i in range(1, len(moments)):
+            inside = [t for t in open_targets if counts[i - 1] < t <= counts[i]]
+            start, span = moments[i - 1], (moments[i] - moments[i - 1]).total_seconds()
+            if not inside:
+                continue
+            if i >= 2 and counts[i - 2] == counts[i - 1]:  # nothing before this stretch: records crowd its end
+                offsets = [span - span / 4 ** j for j in range(1, len(inside) + 1)]
+            elif i + 1 < len(moments) and counts[i + 1] == counts[i]:  # nothing after it: they crowd its start
+                offsets = [span / 4 ** j for j in range(1, len(inside) + 1)]
+            else:
+                offsets = [span * (t - counts[i - 1]) / (counts[i] - counts[i - 1]) for t in inside]
+            probes.update(start + timedelta(seconds=round(offset)) for offset in offsets
+                          if 1 <= round(offset) < span)
+        if not probes:
+            break
+        for moment in sorted(probes)[:budget - spent]:
+            known[moment] = count_up_to(moment)
+            spent += 1
+    inside_counts = [(moment, counted) for moment, counted in known.items() if 0 < counted < total]
+    cuts: dict[int, datetime] = {}
+    for target in targets:
+        if inside_counts:
+            moment, counted = min(inside_counts, key=lambda point: (abs(point[1] - target), point[0]))
+            cuts.setdefault(counted, moment)
+    return sorted(cuts.values())
 
 
 def _slice_filters(state: dict, piece: dict) -> dict:
