@@ -18,6 +18,7 @@ BENCHMARKS = {
     "p7": ("benchmarks.p7_bulk", "100k-order initial sync: bulk vs paged GraphQL vs REST, standard plan; bulk RSS"),
     "p8": ("benchmarks.p8_graphql", "GraphQL cost points/s ÷ restore rate and THROTTLED, beside REST, standard plan"),
     "p9": ("benchmarks.p9_webhooks", "webhooks/s applied, p50/p99 delivery-to-DynamoDB latency, 10×/100× a busy shop"),
+    "p10": ("benchmarks.p10_tight_bucket", "1 000 orders, 3-request bucket, 503s: requests vs pages + 2, tap-shopify"),
     "dagster": ("benchmarks.dagster_overhead", "one materialized partition vs the engine alone"),
     "fencing": ("benchmarks.fencing", "a staged page put, plain vs fenced by the lease (time, write units)"),
 }
