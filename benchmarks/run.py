@@ -21,6 +21,7 @@ BENCHMARKS = {
     "p10": ("benchmarks.p10_tight_bucket", "1 000 orders, 3-request bucket, 503s: requests vs pages + 2, tap-shopify"),
     "dagster": ("benchmarks.dagster_overhead", "one materialized partition vs the engine alone"),
     "fencing": ("benchmarks.fencing", "a staged page put, plain vs fenced by the lease (time, write units)"),
+    "fleet": ("benchmarks.fleet", "10/100 users on Postgres + dagster-daemon: one daily tick (--users N… alone)"),
 }
 
 

@@ -19,6 +19,7 @@ slots one at a time, so at most `default_limit` fetch steps run at once, as befo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -108,6 +109,10 @@ class DagsterDaemon:
             except subprocess.TimeoutExpired:
                 os.killpg(self._process.pid, signal.SIGKILL)
                 self._process.wait()
+        if self._process is not None:
+            # Code servers and run processes are in the daemon's group; one still busy ignores the SIGINT.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
         self._process = None
         self._log.close()
 

@@ -141,6 +141,10 @@ class LocalPostgres:
         except (OSError, TypeError):
             return ""
 
+    def server_pid(self) -> int:
+        """The postmaster's process id (its CPU time includes that of the backends it reaped)."""
+        return int((self._dir / "data" / "postmaster.pid").read_text().split()[0])
+
     def postgres_db(self) -> dict:
         """dagster-postgres's `postgres_db` block for this server. The scheme names psycopg2, the driver
         dagster-postgres installs: SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3, which is absent."""

@@ -1,0 +1,297 @@
+"""Fleet: N connected users on Dagster's own machinery, from registration to one daily schedule tick.
+
+`python -m benchmarks.fleet --users 10 100 1000` (`python -m benchmarks.run fleet` runs 10 and 100).
+
+The instance is production's shape minus the ECS launcher (`shopify_pipeline.local_dagster`): PostgreSQL
+(Debian's, `shopify_pipeline.local_postgres`) behind dagster-postgres for run, event-log and schedule storage;
+`dagster-daemon` running the queued run coordinator (the repository's dagster.yaml: 10 runs at once, one per
+user), the schedule and the sensors; each run a subprocess (DefaultRunLauncher) with the in-process executor.
+
+Per N:
+1. N simulator shops (one simulator process, plan plus, time_scale 1): 95 % small (10-60 orders, 3-12 products,
+   5-40 customers), every 20th large (1 500 orders, 120 products, 400 customers). N connections in
+   `shopify_connections`.
+2. Phase 1: the daemon starts; `shopify_connections_sensor` adds the N partitions and requests N initial
+   syncs; wait until all finished. (The schedule's cron is 12 hours away.)
+3. Each shop changes: 2 orders, 1 product, 1 customer (large shops: 30 orders, 3 products, 10 customers).
+4. Phase 2: the daemon restarts with SHOPIFY_DAILY_SYNC_CRON set to the next whole minute, and DynamoDB
+   traffic through a metering proxy (`benchmarks.dynamo_meter`); wait for the N daily runs of that tick.
+
+Measured in phase 2: seconds from the tick (its scheduled time) to the last run's end, and to the last run
+enqueued; runs/minute; per run (from the run's events in Postgres): queue wait, process start-up (launched
+→ RUN_START: Python, Dagster, the code location, resources), the sum of step durations (the sync work and
+the checks), the rest of the run (between steps, event writes); CPU-seconds per run of the daemon with its
+code servers and run processes, of PostgreSQL, of DynamoDB Local and of the simulator (/proc/PID/stat,
+children included, so other work on a shared machine is not counted); peak PostgreSQL client connections
+(pg_stat_activity every 0.25 s) and event-log rows per run; DynamoDB write and read units per shop-day
+(every process's requests, with ReturnConsumedCapacity added by the proxy: DynamoDB Local's own computation;
+refused conditional writes counted as 1). Also: lease refusals (steps that met LeaseHeldError or
+LeaseLostError; 0 expected), two runs of one user overlapping (0 expected), and each user's stored counts
+against the shop's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import psycopg2
+
+from benchmarks.common import RemoteSimulator, fresh_settings, header, service_for, shopify_settings, table
+from benchmarks.dynamo_meter import CapacityMeter
+from shopify_pipeline.defs.schedules import DAILY_CRON_VARIABLE
+from shopify_pipeline.dynamo.local import LocalDynamoDB
+from shopify_pipeline.dynamo.records import RecordTable
+from shopify_pipeline.local_dagster import DagsterDaemon, lease_refusals, overlapping_runs, run_times, write_instance
+from shopify_pipeline.local_postgres import LocalPostgres
+from shopify_pipeline.settings import DATA_TYPES
+
+DEFAULT_USERS = (10, 100)
+LARGE_EVERY = 20
+LARGE = {"orders": 1_500, "products": 120, "customers": 400}
+CHANGES = {"small": {"orders": 2, "products": 1, "customers": 1},
+           "large": {"orders": 30, "products": 3, "customers": 10}}
+DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+SCHEDULED_TIME_TAG = ".dagster/scheduled_execution_time"
+
+
+def shop_configs(n: int) -> list[dict]:
+    """N shops, most small, every LARGE_EVERY-th large; sizes vary with the index (deterministic)."""
+    shops = []
+    for i in range(n):
+        size = LARGE if i % LARGE_EVERY == LARGE_EVERY - 1 else {
+            "orders": 10 + (i * 7) % 51, "products": 3 + i % 10, "customers": 5 + (i * 3) % 36}
+        shops.append({"name": f"f{i:05d}", "token": f"shpat_f{i:05d}", "seed": i, "plan": "plus", **size})
+    return shops
+
+
+class ConnectionPeak:
+    """The peak number of client connections to PostgreSQL, polled every 0.25 s from one connection of its own
+    (not counted)."""
+
+    def __init__(self, url: str) -> None:
+        self._connection = psycopg2.connect(url)
+        self._connection.autocommit = True
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> ConnectionPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._connection.close()
+
+    def _poll(self) -> None:
+        with self._connection.cursor() as cursor:
+            while not self._stop.wait(0.25):
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                               "AND pid <> pg_backend_pid()")
+                self.peak = max(self.peak, cursor.fetchone()[0])
+
+    def rows(self, sql: str) -> int:
+        with self._connection.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchone()[0]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU-seconds of a process and of the children it has reaped (/proc/PID/stat utime+stime+cutime+cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU-seconds of this process's reaped children: the daemon, its code servers and every run process
+    (each reaps its own), once the daemon has exited."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def _next_minute_cron(lead_seconds: float = 25.0) -> tuple[str, datetime]:
+    """A cron that fires once, at the first whole minute at least `lead_seconds` from now (UTC)."""
+    at = (datetime.now(timezone.utc) + timedelta(seconds=lead_seconds + 60)).replace(second=0, microsecond=0)
+    return f"{at.minute} {at.hour} * * *", at
+
+
+def _far_cron() -> str:
+    at = datetime.now(timezone.utc) + timedelta(hours=12)
+    return f"{at.minute} {at.hour} * * *"
+
+
+def _wait_runs(instance: dg.DagsterInstance, job: str, n: int, daemon: DagsterDaemon, timeout: float) -> list:
+    deadline = time.monotonic() + timeout
+    last_print = 0.0
+    while time.monotonic() < deadline:
+        records = instance.get_run_records(dg.RunsFilter(job_name=job))
+        done = [r for r in records if r.dagster_run.status in DONE]
+        if len(done) >= n:
+            return records
+        if not daemon.running():
+            raise RuntimeError(f"dagster-daemon exited: {daemon.log_tail()}")
+        if time.monotonic() - last_print > 60:
+            last_print = time.monotonic()
+            print(f"  {job}: {len(records)} runs, {len(done)} done", flush=True)
+        time.sleep(2)
+    raise RuntimeError(f"timed out: {job} has not finished {n} runs within {timeout:.0f} s")
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _p90(values: list[float]) -> float:
+    return sorted(values)[int(0.9 * (len(values) - 1))] if values else 0.0
+
+
+def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path) -> dict:
+    """One fleet of `n` users through both phases; returns the measured row."""
+    shops = shop_configs(n)
+    settings = fresh_settings(endpoint)
+    prefix = settings.tables.checkpoints.removesuffix("sync_checkpoints")
+    with RemoteSimulator(shops) as sim, LocalPostgres() as pg, CapacityMeter(endpoint) as meter:
+        connections = {f"user-{s['name']}": (sim.shop_url(s["name"]), s["token"]) for s in shops}
+        service = service_for(settings, shopify_settings(), connections=connections)
+        home = write_instance(workdir / f"home{n}", pg.postgres_db())
+        env = {"SHOPIFY_PIPELINE_ENV": "local", "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
+               "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix, DAILY_CRON_VARIABLE: _far_cron()}
+        log = workdir / f"daemon{n}.log"
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            started = time.monotonic()
+            with ConnectionPeak(pg.url) as peak1, DagsterDaemon(home, env, log) as daemon:
+                initial = _wait_runs(instance, "full_sync", n, daemon, timeout=600 + 30 * n)
+            initial_seconds = time.monotonic() - started
+            initial_peak = peak1.peak
+            initial_ok = sum(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in initial)
+            print(f"  phase 1: {n} initial runs ({initial_ok} succeeded) in {initial_seconds:.0f} s, "
+                  f"peak {initial_peak} Postgres connections", flush=True)
+
+            for i, shop in enumerate(shops):
+                changes = CHANGES["large" if i % LARGE_EVERY == LARGE_EVERY - 1 else "small"]
+                for data_type, count in changes.items():
+                    sim.update_records(shop["name"], data_type, n=count, seed=1000 + i)
+
+            events_before = _event_rows(pg.url)
+            cron, tick = _next_minute_cron()
+            meter.reset()
+            cpu_before = _cpu(pg, dynamodb_pid, sim)
+            daily_env = {**env, "AWS_ENDPOINT_URL_DYNAMODB": meter.endpoint_url, DAILY_CRON_VARIABLE: cron}
+            with ConnectionPeak(pg.url) as peak2, DagsterDaemon(home, daily_env, log) as daemon:
+                daily = _wait_runs(instance, "daily_sync", n, daemon, timeout=(tick - datetime.now(timezone.utc))
+                                   .total_seconds() + 600 + 30 * n)
+                daily_peak = peak2.peak
+                events = peak2.rows("SELECT count(*) FROM event_logs") - events_before
+            capacity = meter.totals()
+            cpu = {name: (seconds - cpu_before[name]) / n for name, seconds in _cpu(pg, dynamodb_pid, sim).items()}
+            daily_ids = [r.dagster_run.run_id for r in daily]
+            times = run_times(instance, daily_ids)
+            refusals = lease_refusals(instance, daily_ids + [r.dagster_run.run_id for r in initial])
+            overlaps = overlapping_runs(run_times(instance, [r.dagster_run.run_id for r in initial]) + times)
+            scheduled = [datetime.fromisoformat(r.dagster_run.tags[SCHEDULED_TIME_TAG]).timestamp()
+                         for r in daily if r.dagster_run.tags.get(SCHEDULED_TIME_TAG)]
+            tick_at = min(scheduled) if scheduled else min(t.enqueued for t in times)
+        mismatched = _mismatched_counts(service, settings, shops)
+    if n <= 20:  # the timeline of a small fleet, seconds after the tick
+        for t in sorted(times, key=lambda t: t.enqueued):
+            print(f"  {t.user}: enqueued {t.enqueued - tick_at:6.1f} launched {t.launched - tick_at:6.1f} "
+                  f"started {t.started - tick_at:6.1f} ended {t.ended - tick_at:6.1f} steps {t.step_seconds:5.1f}")
+
+    ok = sum(t.status == "SUCCESS" for t in times)
+    end = max(t.ended for t in times)
+    return {
+        "users": n, "daily runs ok": f"{ok}/{n}", "tick→all done s": end - tick_at,
+        "tick→all enqueued s": max(t.enqueued for t in times) - tick_at,
+        "runs/min": n / ((end - tick_at) / 60),
+        "queued s (median)": _median([t.queued_seconds for t in times]),
+        "start-up s (median/p90)": f"{_median([t.startup_seconds for t in times]):.1f}/"
+                                   f"{_p90([t.startup_seconds for t in times]):.1f}",
+        "steps s (median)": _median([t.step_seconds for t in times]),
+        "run − steps s (median)": _median([t.run_seconds - t.step_seconds for t in times]),
+        "peak runs at once": _peak_concurrency(times),
+        CPU_COLUMN: "/".join(f"{seconds:.1f}" for seconds in cpu.values()),
+        "peak PG conns (daily/initial)": f"{daily_peak}/{initial_peak}",
+        "event rows/run": events / n,
+        "WCU/shop-day": capacity["write_units"] / n, "RCU/shop-day": capacity["read_units"] / n,
+        "lease refusals": len(refusals), "overlapping runs": len(overlaps), "count mismatches": len(mismatched),
+        "initial phase s": initial_seconds,
+        "_wcu_by_op": capacity["write_units_by_operation"], "_refusals": refusals[:5], "_mismatched": mismatched[:5],
+    }
+
+
+def _peak_concurrency(times: list) -> int:
+    """The most runs whose processes ran at the same moment (launch to end)."""
+    edges = sorted([(t.launched, 1) for t in times] + [(t.ended, -1) for t in times])
+    running = peak = 0
+    for _, change in edges:
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+def _cpu(pg: LocalPostgres, dynamodb_pid: int, sim: RemoteSimulator) -> dict[str, float]:
+    """CPU-seconds so far of: the daemons with their code servers and runs (once exited), PostgreSQL, DynamoDB
+    Local, the simulator."""
+    return {"dagster": children_cpu_seconds(), "postgres": process_cpu_seconds(pg.server_pid()),
+            "dynamodb": process_cpu_seconds(dynamodb_pid), "simulator": process_cpu_seconds(sim.process.pid)}
+
+
+def _event_rows(url: str) -> int:
+    with psycopg2.connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM event_logs")
+        return cursor.fetchone()[0]
+
+
+def _mismatched_counts(service, settings, shops: list[dict]) -> list[str]:
+    """Users whose stored record counts differ from their shop's."""
+    wrong = []
+    for shop in shops:
+        user = f"user-{shop['name']}"
+        for data_type in DATA_TYPES:
+            stored = RecordTable(service.engine.dynamodb, settings, data_type).count(user)
+            if stored != shop[data_type]:
+                wrong.append(f"{user} {data_type}: {stored} stored, {shop[data_type]} in the shop")
+    return wrong
+
+
+CPU_COLUMN = "CPU s/run: dagster/PG/DDB/sim"
+COLUMNS = ["users", "daily runs ok", "tick→all done s", "tick→all enqueued s", "runs/min", "queued s (median)",
+           "start-up s (median/p90)", "steps s (median)", "run − steps s (median)", "peak runs at once", CPU_COLUMN,
+           "peak PG conns (daily/initial)", "event rows/run", "WCU/shop-day", "RCU/shop-day", "lease refusals",
+           "overlapping runs", "count mismatches", "initial phase s"]
+
+
+def run(users: tuple[int, ...] = DEFAULT_USERS) -> None:
+    header(f"Fleet: {', '.join(map(str, users))} users, Postgres + dagster-daemon, one daily tick")
+    rows = []
+    # DynamoDB Local of our own (not $BENCH_DYNAMODB): its CPU time is part of the measurement.
+    with LocalDynamoDB() as ddb, tempfile.TemporaryDirectory(prefix="bench-fleet-") as workdir:
+        for n in users:
+            started = time.monotonic()
+            row = fleet(n, ddb.endpoint_url, ddb._process.pid, Path(workdir))
+            rows.append(row)
+            print(table([row], COLUMNS), flush=True)
+            print(f"  write units by operation: {row['_wcu_by_op']}; lease refusals {row['_refusals']}; "
+                  f"count mismatches {row['_mismatched']}  [{time.monotonic() - started:.0f} s]", flush=True)
+    print("\nFleet summary\n" + table(rows, COLUMNS), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, nargs="+", default=list(DEFAULT_USERS), help="fleet sizes to run")
+    args = parser.parse_args(argv)
+    run(tuple(args.users))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""The fleet on Dagster's own machinery, as production runs it minus the ECS launcher: PostgreSQL storage
+(dagster-postgres), `dagster-daemon` running the run queue, the schedule and the sensors, each run its own
+process (DefaultRunLauncher) with the in-process executor. Real servers only: PostgreSQL, DynamoDB Local,
+the simulator.
+
+Phase 1 (one daemon): two runs of one user wait for each other in the queue while other users run; then
+100 connections are registered by `shopify_connections_sensor`, which launches their initial syncs.
+Phase 2 (the daemon again, with the daily cron every minute): one tick of `daily_sync_schedule` launches one
+daily run per user, all succeed, and every user's tables equal the simulator's shop.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+
+from shopify_pipeline.defs.assets import sync_run_config
+from shopify_pipeline.defs.partitions import USER_PARTITIONS_NAME, USER_TAG
+from shopify_pipeline.defs.schedules import DAILY_CRON_VARIABLE, daily_cron
+from shopify_pipeline.dynamo.client import dynamodb_client
+from shopify_pipeline.dynamo.tables import create_tables
+from shopify_pipeline.local_dagster import (
+    DagsterDaemon,
+    fleet_instance_config,
+    launch_job,
+    lease_refusals,
+    overlapping_runs,
+    run_times,
+    wait_for,
+    write_instance,
+)
+from shopify_pipeline.local_postgres import LocalPostgres, LocalPostgresError, postgres_bin_dir
+from shopify_pipeline.settings import DATA_TYPES, Settings, SettingsError, ShopifySettings
+from shopify_pipeline.simulator import ShopConfig, Simulator
+from shopify_pipeline.sync.engine import SyncEngine
+from shopify_pipeline.sync.service import SyncService
+from shopify_pipeline_tests.defs.conftest import source_of_truth, stored, table_prefix
+
+pytestmark = pytest.mark.timeout(1500)
+
+FLEET = 100
+LARGER_EVERY = 25  # 4 of the 100 shops are larger
+# The queue scenario: q-slow gets two runs; q-a and q-b are other users running beside its first.
+QUEUE_SHOPS = [
+    ShopConfig("q-slow", "shpat_q_slow", orders=400, products=30, customers=60, seed=1, plan="plus"),
+    ShopConfig("q-a", "shpat_q_a", orders=20, products=3, customers=5, seed=2, plan="plus"),
+    ShopConfig("q-b", "shpat_q_b", orders=20, products=3, customers=5, seed=3, plan="plus"),
+]
+DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+IN_PROGRESS = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
+
+
+def fleet_shops() -> list[ShopConfig]:
+    """Most shops small (10-40 orders), every LARGER_EVERY-th larger (300 orders)."""
+    return [
+        ShopConfig(f"s{i:03d}", f"shpat_s{i:03d}", seed=100 + i, plan="plus",
+                   **({"orders": 300, "products": 40, "customers": 80} if i % LARGER_EVERY == LARGER_EVERY - 1
+                      else {"orders": 10 + i % 31, "products": 2 + i % 5, "customers": 3 + i % 9}))
+        for i in range(FLEET)
+    ]
+
+
+def cron_in_12_hours() -> str:
+    at = datetime.now(timezone.utc) + timedelta(hours=12)
+    return f"{at.minute} {at.hour} * * *"
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """Debian's PostgreSQL on a free port: required in CI, skipped with a message elsewhere when absent."""
+    try:
+        postgres_bin_dir()
+    except LocalPostgresError as error:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"the fleet test needs PostgreSQL in CI: {error}")
+        pytest.skip(str(error))
+    with LocalPostgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fleet_sim():
+    with Simulator(QUEUE_SHOPS + fleet_shops(), time_scale=10) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def fleet_settings(dynamodb_endpoint) -> Settings:
+    settings = Settings.from_env({"AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint}).with_prefix(
+        f"f{uuid.uuid4().hex[:8]}_")
+    create_tables(dynamodb_client(settings), settings.tables)
+    return settings
+
+
+def test_the_daily_cron_comes_from_the_environment_and_a_bad_one_is_named():
+    assert daily_cron({}) == "0 3 * * *"
+    assert daily_cron({DAILY_CRON_VARIABLE: "*/5 * * * *"}) == "*/5 * * * *"
+    with pytest.raises(SettingsError, match=DAILY_CRON_VARIABLE):
+        daily_cron({DAILY_CRON_VARIABLE: "at three"})
+
+
+def test_the_instance_is_the_repositorys_dagster_yaml_with_postgres_storage():
+    config = fleet_instance_config({"hostname": "db", "port": 5432})
+    assert config["storage"] == {"postgres": {"postgres_db": {"hostname": "db", "port": 5432}}}
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["run_launcher"]["class"] == "DefaultRunLauncher"
+    limits = {limit["key"]: limit for limit in config["concurrency"]["runs"]["tag_concurrency_limits"]}
+    assert limits[USER_TAG]["limit"] == 1 and limits[USER_TAG]["value"] == {"applyLimitPerUniqueValue": True}
+    assert limits["dagster/partition"]["limit"] == 1
+
+
+def test_per_user_queueing_and_a_100_user_daily_tick(postgres, fleet_sim, fleet_settings, tmp_path):
+    sim = fleet_sim
+    service = SyncService(SyncEngine(fleet_settings, ShopifySettings(allow_local_shops=True)))
+    home = write_instance(tmp_path / "dagster_home", postgres.postgres_db())
+    env = {"SHOPIFY_PIPELINE_ENV": "local", "AWS_ENDPOINT_URL_DYNAMODB": fleet_settings.dynamodb_endpoint_url,
+           "SHOPIFY_PIPELINE_TABLE_PREFIX": table_prefix(fleet_settings),
+           DAILY_CRON_VARIABLE: cron_in_12_hours()}  # phase 1: no daily tick
+    log = tmp_path / "daemon.log"
+    users = {f"user-{shop.name}": shop.name for shop in QUEUE_SHOPS}
+    for user, shop in users.items():
+        service.add_connection(user, sim.shop_url(shop), f"literal:shpat_{shop.replace('-', '_')}")
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        # Two runs of q-slow queued before the daemon starts: it registers the partition itself (the sensor
+        # then sees q-slow as known and starts only q-a's and q-b's initial syncs).
+        instance.add_dynamic_partitions(USER_PARTITIONS_NAME, ["user-q-slow"])
+        tags = {USER_TAG: "user-q-slow", "dagster/partition": "user-q-slow"}
+        twins = [launch_job(home, env, "full_sync", sync_run_config(kind), tags) for kind in ("initial", "auto")]
+        assert [instance.get_run_by_id(r).status for r in twins] == [dg.DagsterRunStatus.QUEUED] * 2
+
+        with DagsterDaemon(home, env, log) as daemon:
+            seen_waiting = []  # moments the second waited in the queue while the first ran
+
+            def queue_scenario_done():
+                runs = {r.dagster_run.run_id: r.dagster_run for r in instance.get_run_records()}
+                statuses = sorted(runs[r].status.value for r in twins)
+                if statuses == ["QUEUED", "STARTED"] or statuses == ["QUEUED", "STARTING"]:
+                    seen_waiting.append(sum(run.status in IN_PROGRESS for run in runs.values()))
+                others = [run for run in runs.values() if run.run_id not in twins]
+                return len(others) == 2 and all(run.status in DONE for run in runs.values())
+
+            wait_for(queue_scenario_done, 600, "the queue scenario's runs", every=0.5, alive=daemon.running)
+            first_runs = [r.dagster_run for r in instance.get_run_records()]
+            assert {run.status for run in first_runs} == {dg.DagsterRunStatus.SUCCESS}, daemon.log_tail()
+            times = {t.run_id: t for t in run_times(instance, [run.run_id for run in first_runs])}
+            first, second = sorted((times[r] for r in twins), key=lambda t: t.launched)
+            # The second run of q-slow waited in the queue while the first ran (with room for more runs: fewer
+            # in progress than max_concurrent_runs), and was launched only once the first had ended.
+            assert seen_waiting and min(seen_waiting) < 10
+            assert second.launched >= first.ended
+            # q-a's and q-b's initial syncs ran beside q-slow's first run: different users side by side.
+            others = [t for t in times.values() if t.run_id not in twins]
+            assert all(t.launched < first.ended and t.ended > first.launched for t in others), times
+            print(f"queue: q-slow's second run waited {second.launched - second.enqueued:.1f} s in the queue; "
+                  f"its first ran {first.ended - first.launched:.1f} s")
+
+            # The fleet: 100 connections, registered by the sensor at its next evaluation (once a minute).
+            shops = fleet_shops()
+            for shop in shops:
+                service.add_connection(f"user-{shop.name}", sim.shop_url(shop.name), f"literal:{shop.token}")
+                users[f"user-{shop.name}"] = shop.name
+            started = time.monotonic()
+
+            def initial_done():
+                runs = instance.get_run_records(dg.RunsFilter(job_name="full_sync"))
+                return len(runs) == len(first_runs) + FLEET and all(r.dagster_run.status in DONE for r in runs)
+
+            wait_for(initial_done, 1200, "the 100 initial syncs", every=2, alive=daemon.running)
+            print(f"initial: {FLEET} users registered by the sensor and synced in {time.monotonic() - started:.0f} s")
+        initial = instance.get_run_records(dg.RunsFilter(job_name="full_sync"))
+        assert {r.dagster_run.status for r in initial} == {dg.DagsterRunStatus.SUCCESS}
+        assert set(instance.get_dynamic_partitions(USER_PARTITIONS_NAME)) == set(users)
+
+        # Each shop changes a little before the day's tick.
+        for i, shop in enumerate(users.values()):
+            sim.update_records(shop, "orders", n=2, seed=i)
+            sim.update_records(shop, "customers", n=1, seed=i)
+
+        with DagsterDaemon(home, {**env, DAILY_CRON_VARIABLE: "* * * * *"}, log) as daemon:
+            started = time.monotonic()
+
+            def daily_done():
+                runs = instance.get_run_records(dg.RunsFilter(job_name="daily_sync"))
+                return len(runs) >= len(users) and all(r.dagster_run.status in DONE for r in runs)
+
+            wait_for(daily_done, 1200, "the daily runs of one tick", every=2, alive=daemon.running)
+            print(f"daily: {len(users)} daily runs done {time.monotonic() - started:.0f} s after the daemon started")
+        daily = [r.dagster_run for r in instance.get_run_records(dg.RunsFilter(job_name="daily_sync"))]
+        assert sorted(run.tags[USER_TAG] for run in daily) == sorted(users)  # one run per user, whatever the ticks
+        assert {run.status for run in daily} == {dg.DagsterRunStatus.SUCCESS}
+        assert len({run.tags.get(".dagster/scheduled_execution_time") for run in daily}) == 1  # one tick
+
+        every_run = [r.dagster_run.run_id for r in instance.get_run_records()]
+        # No two runs of one user ever ran at once, so the DynamoDB lease never had to refuse a sync.
+        assert overlapping_runs(run_times(instance, every_run)) == []
+        assert lease_refusals(instance, every_run) == []
+
+    engine = service.engine
+    for user, shop in users.items():
+        for data_type in DATA_TYPES:
+            assert stored(engine, user, data_type) == source_of_truth(sim, shop, data_type), (user, data_type)
