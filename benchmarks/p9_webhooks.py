@@ -234,7 +234,7 @@ def _observe(handler: WebhookHandler, log: list[Answered]) -> None:
     def observed(event: dict, *args, **kwargs) -> dict:
         _phases.times = {}
         got, started = time.time(), time.perf_counter()
-        event_id = event["event_id"].split(":")[1]  # shop:X-Shopify-Event-Id:user
+        event_id = event["delivery"]  # X-Shopify-Event-Id
         try:
             result = apply(event, *args, **kwargs)
         except Exception as error:  # the worker retries it later: recorded, then re-raised

@@ -157,11 +157,13 @@ def _users(args: argparse.Namespace) -> int:
         if days is None:
             _print(args, {}, "SHOPIFY_UNINSTALLED_RETENTION_DAYS=none: uninstalled shops are kept until shop/redact")
             return 0
+        if days < 0:
+            raise SystemExit("users purge-uninstalled --days must be 0 or more")
         outcome = Compliance(service.engine).purge_uninstalled(days)
-        _print(args, outcome, "\n".join(f"{user}: {'erased' if isinstance(done, dict) else done}"
+        _print(args, outcome, "\n".join(f"{user}: " + ("erased" if "erased" in done else next(iter(done.values())))
                                         for user, done in outcome.items())
                or f"no shop uninstalled {days} or more days ago")
-        return 1 if any(isinstance(done, str) for done in outcome.values()) else 0
+        return 1 if any("failed" in done for done in outcome.values()) else 0
     else:
         connections = service.list_connections()
         rows = [f"{c.user_id:24} {c.shop:40} {c.api:8} last syncs: {c.last_sync or '-'}" for c in connections]

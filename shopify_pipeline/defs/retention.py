@@ -20,9 +20,12 @@ def purge_uninstalled(context: dg.OpExecutionContext, sync_engine: SyncEngineRes
         context.log.info("SHOPIFY_UNINSTALLED_RETENTION_DAYS=none: uninstalled shops are kept until shop/redact")
         return
     outcome = Compliance(sync_engine.engine()).purge_uninstalled(days)
-    erased = sorted(user for user, done in outcome.items() if isinstance(done, dict))
+    erased = sorted(user for user, done in outcome.items() if "erased" in done)
     context.log.info(f"{len(erased)} uninstalled shop(s) erased after {days} days: {', '.join(erased) or 'none'}")
-    left = {user: done for user, done in outcome.items() if isinstance(done, str)}
+    for user, done in sorted(outcome.items()):
+        if "kept" in done:
+            context.log.info(f"{user} kept: {done['kept']}")
+    left = {user: done["failed"] for user, done in outcome.items() if "failed" in done}
     if left:
         raise dg.Failure(description=f"{len(left)} uninstalled shop(s) not erased yet: "
                          + "; ".join(f"{user}: {why}" for user, why in sorted(left.items())[:10]))

@@ -149,6 +149,16 @@ class ConnectionStore:
             return False  # connected again (or removed) meanwhile
         return True
 
+    def clear_disconnected(self, user_id: str, seen: str) -> bool:
+        """The app is installed again (Shopify accepts the token): scheduled syncs take the user again. Only if
+        `disconnectedAt` is still `seen`. Returns whether it changed."""
+        try:
+            self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression="REMOVE disconnectedAt",
+                       ConditionExpression="disconnectedAt = :seen", ExpressionAttributeValues={":seen": {"S": seen}})
+        except ConditionFailedError:
+            return False
+        return True
+
     def remove(self, user_id: str) -> bool:
         old = self._call("delete_item", Key={"userId": {"S": user_id}}, ReturnValues="ALL_OLD")
         return "Attributes" in old

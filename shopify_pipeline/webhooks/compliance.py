@@ -28,15 +28,20 @@ from pathlib import Path
 
 from shopify_pipeline.dynamo.client import translate_errors
 from shopify_pipeline.dynamo.codec import document_key, record_key
+from shopify_pipeline.dynamo.connections import UnknownUserError
 from shopify_pipeline.dynamo.lease import LeaseHeldError
 from shopify_pipeline.dynamo.records import RecordChanges, RecordTable, StaleChangeError
 from shopify_pipeline.dynamo.redaction import Redactions, redact_order
 from shopify_pipeline.exact_json import dumps_json
 from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, SettingsError
+from shopify_pipeline.shopify.auth import ReconnectError
+from shopify_pipeline.shopify.errors import InvalidTokenError
+from shopify_pipeline.shopify.graphql import GraphQLClient
 
 log = logging.getLogger(__name__)
 
 
+SHOP_QUERY = "{ shop { id } }"  # the cheapest authenticated question: is our token still accepted?
 RETENTION_VARIABLE = "SHOPIFY_UNINSTALLED_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 30  # Shopify's deadline for acting on shop/redact
 
@@ -48,10 +53,29 @@ def uninstalled_retention_days(environ: Mapping[str, str] | None = None) -> int 
         return DEFAULT_RETENTION_DAYS
     if text.lower() == "none":
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise SettingsError(f"{RETENTION_VARIABLE}={text!r}: use a number of days (default "
                             f"{DEFAULT_RETENTION_DAYS}; 0 erases at the next purge) or `none` (keep until shop/redact)")
     return int(text)
+
+
+def token_revoked(engine, connection) -> bool:
+    """Whether Shopify refuses the connection's token, as it does once the app is uninstalled (a cheap
+    `shop { id }` query): the proof an uninstall needs, since a webhook's HMAC does not cover its topic.
+    Other failures raise."""
+    client = engine.shopify_client(connection)
+    try:
+        GraphQLClient(client).execute(SHOP_QUERY)
+    except (InvalidTokenError, ReconnectError):
+        return True
+    finally:
+        client.close()
+    return False
+
+
+def _utc(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def data_request_dir() -> Path:
@@ -113,22 +137,34 @@ class Compliance:
                     user_id, deleted)
         return deleted
 
-    def purge_uninstalled(self, days: int, now: datetime | None = None) -> dict[str, dict | str]:
+    def purge_uninstalled(self, days: int, now: datetime | None = None) -> dict[str, dict]:
         """Erase, as shop/redact does, every user whose shop uninstalled the app `days` or more days ago (the
-        backstop for a shop/redact that never came). {user: what was deleted, or why it was not (a sync of the
-        user holds its lease: the next purge tries again)}."""
+        backstop for a shop/redact that never came). Each shop is read again first, and erased only while
+        Shopify refuses its token: a shop that reconnected or reinstalled meanwhile is kept (and marked
+        connected again). {user: {"erased": what was deleted} | {"kept": why} | {"failed": why (a sync of the
+        user holds its lease: the next purge tries again)}}."""
+        if days < 0:
+            raise SettingsError(f"a retention of {days} days: use 0 or more")
         now = now or datetime.now(timezone.utc)
-        outcome: dict[str, dict | str] = {}
-        for connection in self.engine.connections.list():
-            if not connection.disconnected_at:
+        outcome: dict[str, dict] = {}
+        for listed in self.engine.connections.list():
+            if not listed.disconnected_at or now - _utc(listed.disconnected_at) < timedelta(days=days):
                 continue
-            since = datetime.fromisoformat(connection.disconnected_at.replace("Z", "+00:00"))
-            if now - since < timedelta(days=days):
+            user = listed.user_id
+            try:
+                connection = self.engine.connections.get(user)
+            except UnknownUserError:
+                continue  # removed meanwhile
+            if connection.disconnected_at != listed.disconnected_at:
+                continue  # connected again meanwhile
+            if not token_revoked(self.engine, connection):
+                self.engine.connections.clear_disconnected(user, connection.disconnected_at)
+                outcome[user] = {"kept": "Shopify accepts its token again (the app was reinstalled)"}
                 continue
             try:
-                outcome[connection.user_id] = self.redact_shop(connection.user_id)
+                outcome[user] = {"erased": self.redact_shop(user)}
             except LeaseHeldError as error:
-                outcome[connection.user_id] = f"not erased yet: {error}"
+                outcome[user] = {"failed": f"not erased yet: {error}"}
         return outcome
 
     def data_request(self, user_id: str, customer_id: int, order_ids: list[int], request_id: str, at: str) -> dict:

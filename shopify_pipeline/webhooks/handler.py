@@ -46,7 +46,7 @@ from shopify_pipeline.dynamo.records import RecordChanges, StaleChangeError
 from shopify_pipeline.errors import PermanentError
 from shopify_pipeline.shopify.client import shop_base_url
 from shopify_pipeline.shopify.sources import GRAPHQL
-from shopify_pipeline.webhooks.compliance import Compliance
+from shopify_pipeline.webhooks.compliance import Compliance, token_revoked
 from shopify_pipeline.webhooks.inbox import WebhookInbox
 
 log = logging.getLogger(__name__)
@@ -202,9 +202,16 @@ class WebhookHandler:
             self._note_all(delivery, "rejected")
             return Outcome(400, "rejected", problem)
         body = json.loads(delivery.body)
-        return [{"event_id": f"{delivery.shop}:{delivery.event_id}:{connection.user_id}",
+        # The key of "once". For a record topic, the signed topic and body rather than X-Shopify-Event-Id: the
+        # event id header is not signed, so a captured body re-posted under new ids must not be read back from
+        # Shopify again and again, and a record's body always differs between two changes (its updated_at).
+        # Other bodies may repeat for a new event (the shop of a second uninstall): those go by the event id.
+        once = (hashlib.sha256(delivery.topic.encode() + b"\n" + delivery.body).hexdigest()[:40]
+                if delivery.topic in RECORD_TOPICS else delivery.event_id)
+        return [{"event_id": f"{delivery.shop}:{once}:{connection.user_id}", "delivery": delivery.event_id,
                  "topic": delivery.topic, "user": connection.user_id, "shop": delivery.shop,
-                 "id": body.get("id"), "triggered_at": delivery.triggered_at, **_topic_fields(delivery.topic, body)}
+                 "id": body.get("id"), "triggered_at": delivery.triggered_at, "received_at": self._iso_now(),
+                 **_topic_fields(delivery.topic, body)}
                 for connection in connections]
 
     def _note_all(self, delivery: Delivery, result: str) -> None:
@@ -262,6 +269,12 @@ class WebhookHandler:
                               connection.user_id).record(event["operation"], event["status"])
             return {"result": "applied", "detail": f"bulk operation {event['operation']} {event['status']}"}
         if topic == "app/uninstalled":
+            # The HMAC does not cover the topic header: only Shopify refusing our token proves the uninstall.
+            if not token_revoked(self.engine, connection):
+                return {"result": "stale", "detail": "Shopify still accepts the token: the app is installed"}
+            # Never later than its arrival: a triggered-at in the future cannot outrun a later reconnect.
+            moments = [m for m in (_parse_time(at), _parse_time(event.get("received_at"))) if m is not None]
+            at = min(moments).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if moments else self._iso_now()
             if not self.engine.connections.mark_disconnected(connection.user_id, self._iso_now(), before=at):
                 return {"result": "stale", "detail": "the shop was connected again after this uninstall"}
             log.warning("%s uninstalled the app: connection marked disconnected", connection.user_id)
@@ -294,7 +307,7 @@ class WebhookHandler:
         if topic == "shop/redact":
             # Shopify sends it 48 hours after the app was uninstalled; a replayed body under this topic for a
             # shop that still has the app installed erases nothing.
-            if not connection.disconnected_at:
+            if not connection.disconnected_at or not token_revoked(self.engine, connection):
                 return {"result": "stale", "detail": "the shop still has the app installed"}
             return {"result": "applied", "detail": json.dumps(self.compliance.redact_shop(user))}
         if topic == "customers/redact":
@@ -356,6 +369,8 @@ def _malformed(delivery: Delivery) -> str | None:
             return f"a {topic} payload needs customer.id and {orders}"
         if topic == "customers/data_request" and fields["request_id"] is None:
             return "a customers/data_request payload needs data_request.id"
+    if topic == "app/uninstalled" and body.get("myshopify_domain") != delivery.shop:
+        return "an app/uninstalled payload is the shop: its myshopify_domain must be the header's"
     if topic == BULK_FINISH and not (str(body.get("admin_graphql_api_id")).startswith("gid://shopify/BulkOperation/")
                                      and isinstance(body.get("status"), str)):
         return "a bulk_operations/finish payload needs admin_graphql_api_id and status"
@@ -365,10 +380,12 @@ def _malformed(delivery: Delivery) -> str | None:
 
 
 def _parse_time(text: str | None) -> datetime | None:
+    """A header's time in UTC (without a zone: taken as UTC), or None when it is not a time."""
     try:
-        return datetime.fromisoformat((text or "").replace("Z", "+00:00"))
+        moment = datetime.fromisoformat((text or "").replace("Z", "+00:00"))
     except ValueError:
         return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 def _topic_fields(topic: str, body: dict) -> dict:

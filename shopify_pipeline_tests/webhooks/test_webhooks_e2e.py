@@ -39,6 +39,7 @@ def sim():
 @pytest.fixture
 def service(settings, sim):
     sim.set_webhook_faults("hooks", WebhookFaults())
+    sim.reinstall("hooks")  # an earlier test may have uninstalled the app
     svc = SyncService(SyncEngine(settings, SHOPIFY, SyncOptions(slices=1, bulk_threshold=None)))
     svc.add_connection("hook-user", sim.shop_url("hooks"), "literal:shpat_hooks")
     assert svc.sync("hook-user", "initial").success
@@ -508,14 +509,21 @@ def test_an_uninstalled_shop_is_erased_after_the_retention_when_shop_redact_neve
     from shopify_pipeline.settings import SettingsError
     from shopify_pipeline.webhooks.compliance import Compliance, uninstalled_retention_days
 
+    connections = service.engine.connections
     assert sim.trigger_app_uninstalled("hooks")
     _settle(sim, server)
     compliance = Compliance(service.engine)
     assert compliance.purge_uninstalled(30) == {}  # within the retention: kept
-    assert stored(service, "hook-user", "orders")
     later = datetime.now(timezone.utc) + timedelta(days=29, hours=23)
     assert compliance.purge_uninstalled(30, now=later) == {}
-    # The Dagster job, with the retention from the environment: 0 days erases at once.
+    # The merchant installed the app again (the token works) before the purge: kept, and scheduled again.
+    sim.reinstall("hooks")
+    assert set(compliance.purge_uninstalled(0)["hook-user"]) == {"kept"}
+    assert connections.get("hook-user").disconnected_at is None and stored(service, "hook-user", "orders")
+    # Uninstalled for good: the Dagster job, with the retention from the environment (0 days), erases it.
+    assert sim.trigger_app_uninstalled("hooks")
+    _settle(sim, server)
+    assert connections.get("hook-user").disconnected_at
     monkeypatch.setenv("SHOPIFY_UNINSTALLED_RETENTION_DAYS", "0")
     resource = SyncEngineResource(
         dynamodb=DynamoDBResource(endpoint_url=settings.dynamodb_endpoint_url, region_name=settings.aws_region,
@@ -524,12 +532,46 @@ def test_an_uninstalled_shop_is_erased_after_the_retention_when_shop_redact_neve
     assert purge_uninstalled_job.execute_in_process(resources={"sync_engine": resource}).success
     for data_type in DATA_TYPES:
         assert stored(service, "hook-user", data_type) == {}, data_type
-    assert "hook-user" not in {c.user_id for c in service.engine.connections.list()}
+    assert "hook-user" not in {c.user_id for c in connections.list()}
     # Settings: a number of days, `none`, or a clear error.
-    assert uninstalled_retention_days({}) == 30 and uninstalled_retention_days({"SHOPIFY_UNINSTALLED_RETENTION_DAYS":
-                                                                                 "none"}) is None
-    with pytest.raises(SettingsError, match="number of days"):
-        uninstalled_retention_days({"SHOPIFY_UNINSTALLED_RETENTION_DAYS": "thirty"})
+    assert uninstalled_retention_days({}) == 30
+    assert uninstalled_retention_days({"SHOPIFY_UNINSTALLED_RETENTION_DAYS": "none"}) is None
+    for wrong in ("thirty", "\u00b2", "-1"):
+        with pytest.raises(SettingsError, match="number of days"):
+            uninstalled_retention_days({"SHOPIFY_UNINSTALLED_RETENTION_DAYS": wrong})
+
+
+def test_a_signed_body_replayed_as_app_uninstalled_disconnects_nothing(service, sim, server):
+    connections = service.engine.connections
+    # Any captured body (an order's) under app/uninstalled: not a shop, refused.
+    assert handler_of(server).handle(_delivery(sim, "app/uninstalled", {"id": 1}, "forged-1")).status == 400
+    # A shop's body (as an earlier uninstall carried it) with a triggered-at far ahead: Shopify still accepts
+    # our token, so the app is installed and nothing changes.
+    body = {"id": 1, "myshopify_domain": "hooks.myshopify.com", "name": "hooks"}
+    forged = _delivery(sim, "app/uninstalled", body, "forged-2")
+    forged = type(forged)(forged.topic, forged.shop, forged.event_id, "2099-01-01T00:00:00Z", forged.body,
+                          forged.signature)
+    assert handler_of(server).handle(forged).result == "stale"
+    assert connections.get("hook-user").disconnected_at is None
+
+
+def test_one_body_posted_under_many_event_ids_is_applied_and_read_back_once(service, sim, server):
+    (order,) = sim.update_records("hooks", "orders", n=1, seed=95)
+    _settle(sim, server)
+    before = sim.stats("hooks")["requests"].get("graphql", 0)
+    body = json.dumps({"id": order, "note": "captured"}).encode()
+    for n in range(20):  # the event id header is not signed: a replay may choose any
+        headers = _headers(sim, "orders/updated", body, f"flood-{n}")
+        assert requests.post(server.url, data=body, headers=headers, timeout=5).status_code == 200
+    assert server.wait_idle(60)
+    assert sim.stats("hooks")["requests"].get("graphql", 0) - before <= 1
+    counts = service.engine.dynamodb.get_item(TableName=service.engine.settings.tables.checkpoints,
+                                              Key={"userId": {"S": "hook-user"}, "syncType": {"S": "webhook_status"}})
+    assert int(counts["Item"]["duplicate_orders"]["N"]) >= 19
+
+
+def handler_of(server):
+    return server.handler
 
 
 def test_a_compliance_request_waiting_in_the_inbox_never_expires(service, settings):
