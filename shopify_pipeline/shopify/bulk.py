@@ -231,8 +231,13 @@ class BulkOperations:
         still show the operation running, the polls go on as usual)."""
         deadline = self._clock() + seconds
         while (left := deadline - self._clock()) > 0:
-            if ended():
-                return True
+            try:
+                if ended():
+                    return True
+            except Exception as error:  # noqa: BLE001 - the notice is a shortcut: without it the polls go on
+                log.warning("bulk operation notice unreadable (%s); polling Shopify as usual", type(error).__name__)
+                self._sleep(left)
+                return False
             self._sleep(min(NOTICE_SECONDS, left))
         return False
 

@@ -1,15 +1,17 @@
 """The webhook handler as an AWS Lambda function: `shopify_pipeline.webhooks.aws_lambda.handler`.
 
-Four event shapes reach it, all through the same `WebhookHandler`:
+Five event shapes reach it, all through the same `WebhookHandler`:
 
 - **HTTPS**: a Lambda function URL or API Gateway (HTTP API, payload 2.0, or REST API) invocation. The raw body
   (base64-decoded when `isBase64Encoded`) and headers are checked with the app's HMAC, and the events are
   queued in the webhook inbox table before the answer (Shopify waits 5 s and retries anything but 2xx);
   nothing is read from Shopify here.
-- **The inbox table's stream** (DynamoDB Streams, NEW_AND_OLD_IMAGES): each new item (or one queued again by
-  `shopify-pipeline webhooks replay`) is applied, then deleted. A failure is counted on the item and reported in
-  `batchItemFailures` (enable ReportBatchItemFailures and set MaximumRetryAttempts on the event source
-  mapping); what is left after the retries stays in the inbox for `webhooks replay`.
+- **The inbox table's stream** (DynamoDB Streams, NEW_AND_OLD_IMAGES): each new item (or one queued again) is
+  applied, then deleted. A failed apply is counted on the item (retried after 2, 4 … minutes; after 8 attempts
+  kept as failed for `webhooks replay`); only a failure of the inbox itself is reported in `batchItemFailures`
+  (enable ReportBatchItemFailures on the event source mapping).
+- **The sweep**: `{"action": "sweep_webhook_inbox"}` from an EventBridge Scheduler schedule (every minute)
+  queues the items due for a retry again, through the stream.
 - **EventBridge → SQS → Lambda**: an SQS batch whose messages are EventBridge events of Shopify's partner event
   source. No HMAC (AWS delivered them); a message that fails is reported in `batchItemFailures`, so SQS gives
   back only that one (enable ReportBatchItemFailures on the event source mapping).
@@ -31,13 +33,12 @@ import json
 import logging
 import os
 
-from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
-
 from shopify_pipeline.webhooks.handler import Delivery, WebhookHandler
-from shopify_pipeline.webhooks.inbox import PENDING, WebhookInbox, item_from_image
+from shopify_pipeline.webhooks.inbox import PENDING, WebhookInbox, apply_from_inbox, item_from_image
 
 log = logging.getLogger(__name__)
 
+SWEEP_ACTION = "sweep_webhook_inbox"
 _handler: WebhookHandler | None = None
 _inbox: WebhookInbox | None = None
 
@@ -70,6 +71,8 @@ def webhook_inbox() -> WebhookInbox:
 def handler(event: dict, context: object = None) -> dict:
     """The Lambda entry point (see the module doc for the shapes it takes)."""
     webhook = webhook_handler()
+    if event.get("action") == SWEEP_ACTION:
+        return _sweep()
     if "requestContext" in event or "headers" in event:  # HTTPS: always through the HMAC
         body = event.get("body") or ""
         raw = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode()
@@ -119,8 +122,10 @@ def _sqs_batch(webhook: WebhookHandler, records: list[dict], context: object) ->
 
 
 def _inbox_stream(webhook: WebhookHandler, records: list[dict], context: object) -> dict:
-    """Apply the inbox items a stream batch adds (or `webhooks replay` queues again); other changes (a failed
-    attempt counted, a delete) are the applier's own and pass."""
+    """Apply the inbox items a stream batch adds, or that `webhooks replay` or the sweep queue again (a new
+    `replayedAt`); other changes (an attempt counted, a delete) are the applier's own and pass. A failed apply
+    is counted on its item and retried by the scheduled sweep after its delay, so the shard never waits on
+    it; only a failure of the inbox itself is reported in `batchItemFailures` (the stream retries that)."""
     inbox, failures = webhook_inbox(), []
     for record in records:
         change = record.get("dynamodb") or {}
@@ -129,17 +134,20 @@ def _inbox_stream(webhook: WebhookHandler, records: list[dict], context: object)
             record.get("eventName") == "MODIFY" and new and new.get("replayedAt") != old.get("replayedAt"))
         if not queued or not new or new.get("status", {}).get("S") != PENDING:
             continue
-        item = item_from_image(new)
         try:
-            webhook.apply(item.event, context)
-        except IdempotencyAlreadyInProgressError:
-            failures.append({"itemIdentifier": change.get("SequenceNumber")})  # the claim ends; the retry applies it
-            continue
-        except Exception as error:  # noqa: BLE001 - counted on the item and retried by the stream; the rest go on
-            log.warning("webhook %s for %s not applied: %s", item.event.get("topic"), item.event.get("user"),
-                        type(error).__name__)
-            inbox.attempt_failed(inbox.get(item.event_id) or item, error)
+            current = inbox.get(item_from_image(new).event_id)
+            if current is not None and current.status == PENDING:  # else applied already, or failed for good
+                apply_from_inbox(webhook, inbox, current, context)
+        except Exception as error:  # noqa: BLE001 - the inbox itself failed: the stream gives this record back
+            log.warning("webhook inbox record %s: %s", change.get("SequenceNumber"), type(error).__name__)
             failures.append({"itemIdentifier": change.get("SequenceNumber")})
-            continue
-        inbox.done(item.event_id)
     return {"batchItemFailures": failures}
+
+
+def _sweep() -> dict:
+    """The scheduled sweep (EventBridge Scheduler, every minute, input {"action": "sweep_webhook_inbox"}): the
+    items due for a retry go back to the stream."""
+    requeued = webhook_inbox().requeue_due()
+    if requeued:
+        log.info("webhook inbox: %d event(s) queued again for a retry", requeued)
+    return {"requeued": requeued}

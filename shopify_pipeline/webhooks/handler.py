@@ -65,6 +65,8 @@ RECORD_TOPICS = {
 }
 # The mandatory compliance topics (sent to the app's compliance URL), and app/uninstalled.
 COMPLIANCE_TOPICS = ("customers/redact", "customers/data_request", "shop/redact")
+# Where the other topics are counted: a customer's privacy requests with the customers (their check shows them).
+TOPIC_DATA_TYPES = {"customers/redact": "customers", "customers/data_request": "customers"}
 BULK_FINISH = "bulk_operations/finish"  # wakes a sync waiting on the operation (dynamo/notices.py)
 OTHER_TOPICS = ("app/uninstalled", BULK_FINISH, *COMPLIANCE_TOPICS)
 KEY_PREFIX = "shopify-webhook"  # the idempotency key's prefix: the same whichever door or function applies it
@@ -218,13 +220,13 @@ class WebhookHandler:
         for connection in self._connections(delivery.shop):
             self.note(connection.user_id, delivery.topic, delivery.triggered_at, result)
 
-    def note(self, user_id: str, topic: str, triggered_at: str | None, result: str) -> None:
+    def note(self, user_id: str, topic: str, triggered_at: str | None, result: str, count: int = 1) -> None:
         """Per user and data type: how many events were applied, duplicates, stale, rejected or failed, and the
         lag of the last one applied (from Shopify's trigger to now). The `webhooks_applied` check reads it."""
-        data_type = RECORD_TOPICS.get(topic, ("shop", ""))[0]
+        data_type = RECORD_TOPICS.get(topic, (TOPIC_DATA_TYPES.get(topic, "shop"), ""))[0]
         now = self._now()
         names = {"#c": f"{result}_{data_type}"}
-        values = {":one": {"N": "1"}, ":now": {"S": now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+        values = {":one": {"N": str(count)}, ":now": {"S": now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
         expression = "ADD #c :one SET updatedAt = :now"
         triggered = _parse_time(triggered_at)
         if result == "applied" and triggered is not None:

@@ -7,7 +7,8 @@ server's workers (`InboxWorkers`) or, in AWS, by a Lambda that this table's stre
 
 An item holds ids only (topic, shop, user, record id; a compliance request's customer, order and request ids),
 never a payload: nothing personal waits here. An applied event's item is deleted. One whose apply fails is
-tried again after 1, 2, 4 … minutes (as Shopify would have); after MAX_ATTEMPTS it stays, marked failed, until
+tried again after 2, 4, 8 … minutes (about 4 hours in all, as Shopify would have); after MAX_ATTEMPTS it stays,
+marked failed, until
 `shopify-pipeline webhooks replay` or its TTL (7 days; the daily sync reconciles the records meanwhile). A
 compliance request's item has no TTL: nothing else would carry it out.
 """
@@ -31,8 +32,9 @@ from shopify_pipeline.dynamo.client import translate_errors
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
-RETRY_BASE_SECONDS = 60.0  # the first retry's delay; each next one doubles (1, 2, 4 … 64 min: ~4 h in all)
-RETRY_CAP_SECONDS = 3600.0
+RETRY_BASE_SECONDS = 120.0  # the first retry's delay; each next one doubles (2, 4 … 128 min: 4 h 14 min in all,
+RETRY_CAP_SECONDS = 7200.0  # about Shopify's own 8 retries over 4 hours)
+STUCK_NEW_SECONDS = 60.0  # in AWS, a new item the stream has not applied this long after it was due is re-queued
 KEEP_DAYS = 7
 STUCK_SECONDS = 900.0  # a pending item due this long ago was left behind (`replay` takes it)
 PENDING, FAILED = "pending", "failed"
@@ -47,6 +49,7 @@ class InboxItem:
     attempts: int
     not_before: float
     last_error: str = ""
+    was_failed: bool = False  # queued again by `replay` after it had failed for good
 
     @property
     def event_id(self) -> str:
@@ -123,9 +126,19 @@ class WebhookInbox:
         for item in failed:
             now = self._clock()
             # replayedAt changes the item, so in AWS its stream invokes the applying Lambda again.
-            self._update(item.event_id, "SET #s = :s, attempts = :z, notBefore = :t, replayedAt = :r",
-                         {":s": {"S": PENDING}, ":z": {"N": "0"}, ":t": {"N": f"{now:.3f}"}, ":r": {"S": _iso(now)}})
+            self._update(item.event_id, "SET #s = :s, attempts = :z, notBefore = :t, replayedAt = :r, wasFailed = :w",
+                         {":s": {"S": PENDING}, ":z": {"N": "0"}, ":t": {"N": f"{now:.3f}"}, ":r": {"S": _iso(now)},
+                          ":w": {"BOOL": item.was_failed or item.status == FAILED}})
         return len(failed)
+
+    def requeue_due(self) -> int:
+        """In AWS, where no worker sweeps: touch the due items that wait for a retry (or that the stream left
+        behind), so the table's stream hands them to the applying Lambda again. Returns how many."""
+        now = self._clock()
+        due = [item for item in self.due() if item.attempts > 0 or item.not_before < now - STUCK_NEW_SECONDS]
+        for item in due:
+            self._update(item.event_id, "SET replayedAt = :r", {":r": {"S": f"{_iso(now)}#{item.attempts}"}})
+        return len(due)
 
     def _update(self, event_id: str, expression: str, values: dict) -> None:
         names = {"#s": "status"} if "#s" in expression else {}
@@ -146,7 +159,7 @@ def item_from_image(image: dict) -> InboxItem:
 def _item(raw: dict) -> InboxItem:
     return InboxItem(json.loads(raw["event"]["S"]), raw.get("status", {}).get("S", PENDING),
                      int(raw.get("attempts", {}).get("N", "0")), float(raw.get("notBefore", {}).get("N", "0")),
-                     raw.get("lastError", {}).get("S", ""))
+                     raw.get("lastError", {}).get("S", ""), raw.get("wasFailed", {}).get("BOOL", False))
 
 
 def _iso(epoch: float) -> str:
@@ -218,6 +231,10 @@ class InboxWorkers:
             item = self._queue.get()
             if item is None:
                 return
+            if self._stop.is_set():  # closing: what is still queued stays in the inbox for the next start
+                with self._lock:
+                    self._busy.discard(item.event_id)
+                continue
             try:
                 self._apply(item)
             except Exception as error:  # noqa: BLE001 - the inbox itself failed (DynamoDB): the item stays
@@ -228,19 +245,31 @@ class InboxWorkers:
                     self._busy.discard(item.event_id)
 
     def _apply(self, item: InboxItem) -> None:
-        event = item.event
-        try:
-            self.handler.apply(event)
-        except IdempotencyAlreadyInProgressError:
-            self.inbox.postpone(item.event_id, self.handler.claim_seconds)  # the claim ends by then
-            return
-        except Exception as error:  # noqa: BLE001 - counted and retried; the type only (a message may hold data)
-            current = self.inbox.get(item.event_id) or item
-            status = self.inbox.attempt_failed(current, error)
-            log.warning("webhook %s for %s not applied (%s, attempt %d of %d)%s", event["topic"], event["user"],
-                        type(error).__name__, current.attempts + 1, MAX_ATTEMPTS,
-                        ": kept as failed for `shopify-pipeline webhooks replay`" if status == FAILED else "")
-            if status == FAILED:
-                self.handler.note(event["user"], event["topic"], None, "failed")
-            return
-        self.inbox.done(item.event_id)
+        current = self.inbox.get(item.event_id)
+        if current is None or current.status != PENDING:
+            return  # applied meanwhile by another server, or failed for good
+        apply_from_inbox(self.handler, self.inbox, current)
+
+
+def apply_from_inbox(handler, inbox: WebhookInbox, item: InboxItem, lambda_context: object = None) -> str:
+    """Apply one inbox item and settle it: deleted when applied ("applied"), postponed while another worker
+    holds its claim ("postponed"), counted as a failed attempt otherwise ("retry", or "failed" after
+    MAX_ATTEMPTS: then counted for the webhooks_applied check). Raises only when the inbox itself fails."""
+    event = item.event
+    try:
+        handler.apply(event, lambda_context)
+    except IdempotencyAlreadyInProgressError:
+        inbox.postpone(item.event_id, handler.claim_seconds)  # the claim ends by then
+        return "postponed"
+    except Exception as error:  # noqa: BLE001 - counted and retried; the type only (a message may hold data)
+        status = inbox.attempt_failed(item, error)
+        log.warning("webhook %s for %s not applied (%s, attempt %d of %d)%s", event["topic"], event["user"],
+                    type(error).__name__, item.attempts + 1, MAX_ATTEMPTS,
+                    ": kept as failed for `shopify-pipeline webhooks replay`" if status == FAILED else "")
+        if status == FAILED:
+            handler.note(event["user"], event["topic"], None, "failed")
+        return "failed" if status == FAILED else "retry"
+    inbox.done(item.event_id)
+    if item.was_failed:  # replayed after failing for good, and applied now: no longer failed
+        handler.note(event["user"], event["topic"], None, "failed", -1)
+    return "applied"

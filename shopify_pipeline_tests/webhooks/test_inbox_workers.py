@@ -40,7 +40,7 @@ class _Handler:
     def __init__(self) -> None:
         self.applied: list[str] = []
 
-    def apply(self, event: dict) -> dict:
+    def apply(self, event: dict, lambda_context: object = None) -> dict:
         self.applied.append(event["event_id"])
         return {"result": "applied"}
 

@@ -436,6 +436,11 @@ def test_an_event_that_keeps_failing_is_kept_as_failed_then_replayed(service, si
     env = {**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": settings.dynamodb_endpoint_url,
            "SHOPIFY_PIPELINE_TABLE_PREFIX": settings.tables.checkpoints.removesuffix("sync_checkpoints")}
 
+    def counters() -> dict[str, int]:
+        item = service.engine.dynamodb.get_item(TableName=settings.tables.checkpoints, Key={
+            "userId": {"S": "hook-user"}, "syncType": {"S": "webhook_status"}})["Item"]
+        return {name: int(value["N"]) for name, value in item.items() if "N" in value and "." not in value["N"]}
+
     def cli(action: str) -> dict:
         done = subprocess.run([sys.executable, "-m", "shopify_pipeline.cli", "webhooks", action, "--json"], env=env,
                               capture_output=True, text=True, timeout=120)
@@ -450,6 +455,7 @@ def test_an_event_that_keeps_failing_is_kept_as_failed_then_replayed(service, si
             assert (shown["pending"], shown["failed"]) == (0, 1)
             assert shown["failed_events"][0]["attempts"] == MAX_ATTEMPTS
             assert shown["failed_events"][0]["error"]  # the error's type, no payload
+            assert counters()["failed_orders"] == 1  # the webhooks_applied check fails on it
             sim.set_faults("hooks", FaultConfig())
             assert cli("replay")["replayed"] == 1
             assert server.wait_idle(60)
@@ -457,9 +463,8 @@ def test_an_event_that_keeps_failing_is_kept_as_failed_then_replayed(service, si
         sim.set_faults("hooks", FaultConfig())
     assert stored(service, "hook-user", "orders")[order] == graphql_truth(sim, "hooks", "orders")[order]
     assert cli("inbox")["failed"] == 0
-    counts = service.engine.dynamodb.get_item(TableName=settings.tables.checkpoints,
-                                              Key={"userId": {"S": "hook-user"}, "syncType": {"S": "webhook_status"}})
-    assert int(counts["Item"]["failed_orders"]["N"]) == 1 and int(counts["Item"]["applied_orders"]["N"]) >= 1
+    # Replayed and applied: no longer failed, so the check passes again.
+    assert counters()["failed_orders"] == 0 and counters()["applied_orders"] >= 1
 
 
 # bulk_operations/finish wakes the sync waiting on the operation ---------------------------------------------
@@ -583,3 +588,31 @@ def test_a_compliance_request_waiting_in_the_inbox_never_expires(service, settin
     assert inbox.put({**base, "event_id": "e-order", "topic": "orders/updated", "id": 5})
     items = {i["id"]["S"]: i for i in service.engine.dynamodb.scan(TableName=settings.tables.webhook_inbox)["Items"]}
     assert "expiration" not in items["e-redact"] and int(items["e-order"]["expiration"]["N"]) > time.time()
+
+
+def test_in_aws_a_failed_apply_is_retried_by_the_scheduled_sweep_through_the_stream(service, sim, lambda_env,
+                                                                                     monkeypatch):
+    from shopify_pipeline.simulator.config import FaultConfig, FaultRule
+    from shopify_pipeline.webhooks import aws_lambda
+    from shopify_pipeline.webhooks.inbox import WebhookInbox
+
+    settings = service.engine.settings
+    monkeypatch.setattr(aws_lambda, "_inbox", WebhookInbox(service.engine.dynamodb, settings.tables.webhook_inbox,
+                                                           retry_base_seconds=0.0))  # the retry is due at once
+    (order,) = sim.update_records("hooks", "orders", n=1, seed=97)
+    body = json.dumps({"id": order}).encode()
+    event = {"version": "2.0", "headers": _headers(sim, "orders/updated", body, "aws-retry-1"),
+             "requestContext": {"http": {"method": "POST"}}, "isBase64Encoded": False, "body": body.decode()}
+    assert lambda_env(event, None)["statusCode"] == 200
+    sim.set_faults("hooks", FaultConfig(rules=(FaultRule("500", "graphql", times=0),)))
+    try:
+        # The apply fails: counted on the item, and the shard is not held up (no batch item failure).
+        assert lambda_env({"Records": _inbox_stream(settings)}, None) == {"batchItemFailures": []}
+        (item,) = service.engine.dynamodb.scan(TableName=settings.tables.webhook_inbox)["Items"]
+        assert item["attempts"]["N"] == "1" and item["status"]["S"] == "pending"
+    finally:
+        sim.set_faults("hooks", FaultConfig())
+    assert lambda_env({"action": "sweep_webhook_inbox"}, None) == {"requeued": 1}
+    assert lambda_env({"Records": _inbox_stream(settings)}, None) == {"batchItemFailures": []}
+    assert stored(service, "hook-user", "orders")[order] == graphql_truth(sim, "hooks", "orders")[order]
+    assert service.engine.dynamodb.scan(TableName=settings.tables.webhook_inbox)["Items"] == []
