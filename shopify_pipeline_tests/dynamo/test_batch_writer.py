@@ -102,3 +102,11 @@ def test_a_missing_table_raises_with_the_fix(dynamodb_endpoint):
     settings = Settings.from_env({"AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint}).with_prefix("nope_")
     with pytest.raises(TableMissingError, match="create-tables"):
         BatchWriter(dynamodb_client(settings), settings).write_records("u1", "orders", _orders(3))
+
+
+def test_a_batch_dynamodb_refuses_as_invalid_is_reported_not_raised(settings, client):
+    # The client does not validate parameters itself (DynamoDB does): an empty key is DynamoDB's
+    # ValidationException, reported as a failed batch with the records to save, like any other refusal.
+    report = BatchWriter(client, settings, workers=1).write_records("", "orders", _orders(30))
+    assert report.written == 0 and [b.range for b in report.failed_batches] == ["1-25", "26-30"]
+    assert all("ValidationException" in batch.error for batch in report.failed_batches)
