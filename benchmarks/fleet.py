@@ -49,7 +49,15 @@ from benchmarks.dynamo_meter import CapacityMeter
 from shopify_pipeline.defs.schedules import DAILY_CRON_VARIABLE
 from shopify_pipeline.dynamo.local import LocalDynamoDB
 from shopify_pipeline.dynamo.records import RecordTable
-from shopify_pipeline.local_dagster import DagsterDaemon, lease_refusals, overlapping_runs, run_times, write_instance
+from shopify_pipeline.local_dagster import (
+    DagsterDaemon,
+    daily_cron_at,
+    lease_refusals,
+    next_whole_minute,
+    overlapping_runs,
+    run_times,
+    write_instance,
+)
 from shopify_pipeline.local_postgres import LocalPostgres
 from shopify_pipeline.settings import DATA_TYPES
 
@@ -59,6 +67,7 @@ LARGE = {"orders": 1_500, "products": 120, "customers": 400}
 CHANGES = {"small": {"orders": 2, "products": 1, "customers": 1},
            "large": {"orders": 30, "products": 3, "customers": 10}}
 DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+NO_TICK_YET = timedelta(hours=12)  # phase 1's cron
 SCHEDULED_TIME_TAG = ".dagster/scheduled_execution_time"
 
 
@@ -118,17 +127,6 @@ def children_cpu_seconds() -> float:
     return times.children_user + times.children_system
 
 
-def _next_minute_cron(lead_seconds: float = 25.0) -> tuple[str, datetime]:
-    """A cron that fires once, at the first whole minute at least `lead_seconds` from now (UTC)."""
-    at = (datetime.now(timezone.utc) + timedelta(seconds=lead_seconds + 60)).replace(second=0, microsecond=0)
-    return f"{at.minute} {at.hour} * * *", at
-
-
-def _far_cron() -> str:
-    at = datetime.now(timezone.utc) + timedelta(hours=12)
-    return f"{at.minute} {at.hour} * * *"
-
-
 def _wait_runs(instance: dg.DagsterInstance, job: str, n: int, daemon: DagsterDaemon, timeout: float) -> list:
     deadline = time.monotonic() + timeout
     last_print = 0.0
@@ -164,7 +162,8 @@ def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path) -> dict:
         service = service_for(settings, shopify_settings(), connections=connections)
         home = write_instance(workdir / f"home{n}", pg.postgres_db())
         env = {"SHOPIFY_PIPELINE_ENV": "local", "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
-               "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix, DAILY_CRON_VARIABLE: _far_cron()}
+               "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix,
+               DAILY_CRON_VARIABLE: daily_cron_at(datetime.now(timezone.utc) + NO_TICK_YET)}
         log = workdir / f"daemon{n}.log"
         with dg.DagsterInstance.from_config(str(home)) as instance:
             started = time.monotonic()
@@ -182,7 +181,8 @@ def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path) -> dict:
                     sim.update_records(shop["name"], data_type, n=count, seed=1000 + i)
 
             events_before = _event_rows(pg.url)
-            cron, tick = _next_minute_cron()
+            tick = next_whole_minute()
+            cron = daily_cron_at(tick)
             meter.reset()
             cpu_before = _cpu(pg, dynamodb_pid, sim)
             daily_env = {**env, "AWS_ENDPOINT_URL_DYNAMODB": meter.endpoint_url, DAILY_CRON_VARIABLE: cron}

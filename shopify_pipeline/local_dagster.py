@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import yaml
@@ -115,6 +116,20 @@ class DagsterDaemon:
                 os.killpg(self._process.pid, signal.SIGKILL)
         self._process = None
         self._log.close()
+
+
+def daily_cron_at(at: datetime) -> str:
+    """A cron string for SHOPIFY_DAILY_SYNC_CRON that fires at `at`'s minute (UTC) once a day. A test needs
+    exactly one tick: a schedule's run key dedupes only re-evaluations of one tick, so `* * * * *` would
+    launch every user's daily run again each minute."""
+    at = at.astimezone(timezone.utc)
+    return f"{at.minute} {at.hour} * * *"
+
+
+def next_whole_minute(lead_seconds: float = 60.0) -> datetime:
+    """The first whole minute (UTC) at least `lead_seconds` from now: time for a daemon to start and load the
+    code before its tick."""
+    return (datetime.now(timezone.utc) + timedelta(seconds=lead_seconds + 59)).replace(second=0, microsecond=0)
 
 
 def launch_job(home: Path, env: Mapping[str, str], job: str, run_config: Mapping, tags: Mapping[str, str]) -> str:
