@@ -15,6 +15,8 @@ class TableSpec:
     range_key: tuple[str, str] | None = None
     ttl_attribute: str | None = None
     stream: str | None = None  # a DynamoDB Streams view type (NEW_AND_OLD_IMAGES, …): the table's changes feed a Lambda
+    # Global secondary indexes: (name, hash key, range key), every attribute projected.
+    indexes: tuple[tuple[str, tuple[str, str], tuple[str, str]], ...] = ()
 
 
 def table_specs(names: TableNames) -> list[TableSpec]:
@@ -30,7 +32,9 @@ def table_specs(names: TableNames) -> list[TableSpec]:
         # Webhook deliveries already applied, the layout of Powertools' DynamoDB idempotency store.
         TableSpec(names.webhook_events, ("id", "S"), ttl_attribute="expiration"),
         # Webhook events accepted and not applied yet; in AWS its stream drives the applying Lambda.
-        TableSpec(names.webhook_inbox, ("id", "S"), ttl_attribute="expiration", stream="NEW_AND_OLD_IMAGES"),
+        # Its index holds the pending items only (by when they are due): the sweep reads what waits, not the table.
+        TableSpec(names.webhook_inbox, ("id", "S"), ttl_attribute="expiration", stream="NEW_AND_OLD_IMAGES",
+                  indexes=(("due", ("queue", "S"), ("notBefore", "N")),)),
     ]
 
 
@@ -51,14 +55,16 @@ def create_tables(client, names: TableNames) -> dict[str, str]:
             keys = [spec.hash_key] + ([spec.range_key] if spec.range_key else [])
             streams = ({"StreamSpecification": {"StreamEnabled": True, "StreamViewType": spec.stream}}
                        if spec.stream else {})
+            indexes = {"GlobalSecondaryIndexes": [_index(index) for index in spec.indexes]} if spec.indexes else {}
             client.create_table(
                 TableName=spec.name,
                 BillingMode="PAY_PER_REQUEST",
-                AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, t in keys],
+                AttributeDefinitions=_attributes(keys, spec),
                 KeySchema=[
                     {"AttributeName": n, "KeyType": kind} for (n, _), kind in zip(keys, ("HASH", "RANGE"), strict=False)
                 ],
                 **streams,
+                **indexes,
             )
             outcome[spec.name] = "created"
     for spec in specs:
@@ -68,6 +74,8 @@ def create_tables(client, names: TableNames) -> dict[str, str]:
                 _enable_ttl(client, spec.name, spec.ttl_attribute)
             if spec.stream and outcome[spec.name] == "exists":
                 _enable_stream(client, spec.name, spec.stream)
+            if spec.indexes and outcome[spec.name] == "exists":
+                _add_indexes(client, spec)
     return outcome
 
 
@@ -101,3 +109,30 @@ def _enable_stream(client, table: str, view_type: str) -> None:
     if current.get("StreamEnabled"):
         return
     client.update_table(TableName=table, StreamSpecification={"StreamEnabled": True, "StreamViewType": view_type})
+
+
+def _attributes(keys: list[tuple[str, str]], spec: TableSpec) -> list[dict]:
+    """The attribute definitions of the table's keys and its indexes' keys, each once."""
+    named = dict(keys)
+    for _, hash_key, range_key in spec.indexes:
+        named.update([hash_key, range_key])
+    return [{"AttributeName": n, "AttributeType": t} for n, t in named.items()]
+
+
+def _index(index: tuple[str, tuple[str, str], tuple[str, str]]) -> dict:
+    name, (hash_name, _), (range_name, _) = index
+    return {"IndexName": name, "Projection": {"ProjectionType": "ALL"},
+            "KeySchema": [{"AttributeName": hash_name, "KeyType": "HASH"},
+                          {"AttributeName": range_name, "KeyType": "RANGE"}]}
+
+
+def _add_indexes(client, spec: TableSpec) -> None:
+    """Create the indexes a table made by an older release lacks (one at a time, as DynamoDB allows)."""
+    present = {i["IndexName"] for i in client.describe_table(TableName=spec.name)["Table"].get(
+        "GlobalSecondaryIndexes", [])}
+    for index in spec.indexes:
+        if index[0] in present:
+            continue
+        client.update_table(TableName=spec.name, AttributeDefinitions=_attributes([spec.hash_key], spec),
+                            GlobalSecondaryIndexUpdates=[{"Create": _index(index)}])
+        client.get_waiter("table_exists").wait(TableName=spec.name, WaiterConfig={"Delay": 1})

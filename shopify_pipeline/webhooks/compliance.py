@@ -37,6 +37,7 @@ from shopify_pipeline.settings import DATA_TYPES, SYNC_TYPES, SettingsError
 from shopify_pipeline.shopify.auth import ReconnectError
 from shopify_pipeline.shopify.errors import InvalidTokenError
 from shopify_pipeline.shopify.graphql import GraphQLClient
+from shopify_pipeline.webhooks.inbox import WebhookInbox
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ class Compliance:
             service.clear_checkpoint(user_id, sync_type)  # refused while a sync runs: Shopify retries
         deleted = {data_type: self._delete_records(user_id, data_type) for data_type in DATA_TYPES}
         deleted["state"] = self._delete_user_items(self.engine.settings.tables.checkpoints, user_id)
+        deleted["webhook_inbox"] = WebhookInbox(self.engine.dynamodb,
+                                                self.engine.settings.tables.webhook_inbox).drop_user(user_id)
         deleted["data_request_files"] = 0
         for export in data_request_dir().glob(f"{user_id}-customer-*-request-*.json"):
             export.unlink()

@@ -70,8 +70,8 @@ class WebhookInbox:
         """Queue `event` (its `event_id` is the key). False when it is waiting already (a duplicate delivery)."""
         now = self._clock()
         item = {"id": {"S": event["event_id"]}, "event": {"S": json.dumps(event, sort_keys=True)},
-                "status": {"S": PENDING}, "attempts": {"N": "0"}, "notBefore": {"N": f"{now:.3f}"},
-                "receivedAt": {"S": _iso(now)}}
+                "status": {"S": PENDING}, "queue": {"S": PENDING}, "attempts": {"N": "0"},
+                "notBefore": {"N": f"{now:.3f}"}, "receivedAt": {"S": _iso(now)}, "userId": {"S": event["user"]}}
         if event["topic"] not in NEVER_EXPIRE:  # the daily sync reconciles a record event lost with its item
             item["expiration"] = {"N": str(int(now) + KEEP_DAYS * 86_400)}
         with translate_errors(self.table, self.dynamodb.meta.endpoint_url):
@@ -94,8 +94,9 @@ class WebhookInbox:
         attempts = item.attempts + 1
         status = FAILED if attempts >= MAX_ATTEMPTS else PENDING
         delay = min(RETRY_CAP_SECONDS, self.retry_base_seconds * 2 ** (attempts - 1))
-        # The error's type only: a message may quote a document (personal data).
-        self._update(item.event_id, "SET attempts = :a, #s = :s, notBefore = :t, lastError = :e",
+        # The error's type only: a message may quote a document (personal data). A failed item leaves the index.
+        self._update(item.event_id, "SET attempts = :a, #s = :s, notBefore = :t, lastError = :e"
+                     + (" REMOVE #q" if status == FAILED else ""),
                      {":a": {"N": str(attempts)}, ":s": {"S": status}, ":t": {"N": f"{self._clock() + delay:.3f}"},
                       ":e": {"S": type(error).__name__}})
         return status
@@ -106,9 +107,37 @@ class WebhookInbox:
                                          ConsistentRead=True).get("Item")
         return _item(raw) if raw else None
 
-    def due(self) -> list[InboxItem]:
-        """The pending items whose time has come."""
-        return [item for item in self.items(PENDING) if item.not_before <= self._clock()]
+    def due(self, limit: int | None = None) -> list[InboxItem]:
+        """The pending items whose time has come, oldest first (from the `due` index: pending items only)."""
+        return self.pending(until=self._clock(), limit=limit)
+
+    def pending(self, until: float | None = None, limit: int | None = None) -> list[InboxItem]:
+        """Pending items (due by `until`, if given), from the `due` index: its reads grow with what waits, not
+        with the failed items kept in the table."""
+        condition, values = "#q = :p", {":p": {"S": PENDING}}
+        if until is not None:
+            condition += " AND notBefore <= :t"
+            values[":t"] = {"N": f"{until:.3f}"}
+        kwargs = {"TableName": self.table, "IndexName": "due", "KeyConditionExpression": condition,
+                  "ExpressionAttributeNames": {"#q": "queue"}, "ExpressionAttributeValues": values}
+        found: list[InboxItem] = []
+        with translate_errors(self.table, self.dynamodb.meta.endpoint_url):
+            for page in self.dynamodb.get_paginator("query").paginate(
+                    **kwargs, PaginationConfig={"MaxItems": limit} if limit else {}):
+                found.extend(_item(raw) for raw in page.get("Items", []))
+        return found
+
+    def drop_user(self, user_id: str) -> int:
+        """Delete every item of `user_id` (shop/redact erases the shop: its waiting events go too)."""
+        dropped = 0
+        with translate_errors(self.table, self.dynamodb.meta.endpoint_url):
+            for page in self.dynamodb.get_paginator("scan").paginate(
+                    TableName=self.table, FilterExpression="userId = :u", ProjectionExpression="id",
+                    ExpressionAttributeValues={":u": {"S": user_id}}):
+                for raw in page.get("Items", []):
+                    self.dynamodb.delete_item(TableName=self.table, Key={"id": raw["id"]})
+                    dropped += 1
+        return dropped
 
     def items(self, status: str | None = None) -> list[InboxItem]:
         """Every item (of `status`), read consistently."""
@@ -126,9 +155,10 @@ class WebhookInbox:
         for item in failed:
             now = self._clock()
             # replayedAt changes the item, so in AWS its stream invokes the applying Lambda again.
-            self._update(item.event_id, "SET #s = :s, attempts = :z, notBefore = :t, replayedAt = :r, wasFailed = :w",
-                         {":s": {"S": PENDING}, ":z": {"N": "0"}, ":t": {"N": f"{now:.3f}"}, ":r": {"S": _iso(now)},
-                          ":w": {"BOOL": item.was_failed or item.status == FAILED}})
+            self._update(item.event_id, "SET #s = :s, #q = :s, attempts = :z, notBefore = :t, replayedAt = :r, "
+                         "wasFailed = :w", {":s": {"S": PENDING}, ":z": {"N": "0"}, ":t": {"N": f"{now:.3f}"},
+                                            ":r": {"S": _iso(now)}, ":w": {"BOOL": item.was_failed
+                                                                            or item.status == FAILED}})
         return len(failed)
 
     def requeue_due(self) -> int:
@@ -141,7 +171,7 @@ class WebhookInbox:
         return len(due)
 
     def _update(self, event_id: str, expression: str, values: dict) -> None:
-        names = {"#s": "status"} if "#s" in expression else {}
+        names = {k: v for k, v in (("#s", "status"), ("#q", "queue")) if k in expression}
         # An item gone meanwhile was applied by another worker: nothing is left to change.
         with translate_errors(self.table, self.dynamodb.meta.endpoint_url), \
                 contextlib.suppress(self.dynamodb.exceptions.ConditionalCheckFailedException):
@@ -211,7 +241,7 @@ class InboxWorkers:
         while time.monotonic() < deadline:
             with self._lock:
                 busy = bool(self._busy)
-            if not busy and not self.inbox.items(PENDING):
+            if not busy and not self.inbox.pending(limit=1):
                 return True
             time.sleep(0.05)
         return False

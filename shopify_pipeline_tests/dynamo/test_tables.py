@@ -46,3 +46,17 @@ def test_wrong_endpoint_names_the_fix():
     client = dynamodb_client(settings, Config(retries={"max_attempts": 1}, connect_timeout=1))
     with pytest.raises(DynamoUnavailableError, match="shopify-pipeline local-dynamodb"):
         StateStore(client, settings).get_status("u1")
+
+
+def test_an_inbox_table_made_by_an_older_release_gets_its_stream_and_index(settings, client):
+    inbox = settings.tables.webhook_inbox
+    client.delete_table(TableName=inbox)
+    client.get_waiter("table_not_exists").wait(TableName=inbox, WaiterConfig={"Delay": 1})
+    client.create_table(TableName=inbox, BillingMode="PAY_PER_REQUEST",  # as a release before the inbox's stream
+                        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
+    assert create_tables(client, settings.tables)[inbox] == "exists"
+    table = client.describe_table(TableName=inbox)["Table"]
+    assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert [index["IndexName"] for index in table["GlobalSecondaryIndexes"]] == ["due"]
+    assert create_tables(client, settings.tables)[inbox] == "exists"  # and again: nothing more to do

@@ -23,6 +23,9 @@ class _Inbox:
     def due(self) -> list[InboxItem]:
         return self.items(PENDING)
 
+    def pending(self, limit: int | None = None) -> list[InboxItem]:
+        return self.items(PENDING)[:limit]
+
     def get(self, event_id: str) -> InboxItem | None:
         return self.items_by_id.get(event_id)
 

@@ -219,6 +219,7 @@ def test_shop_redact_deletes_every_item_of_the_shop(service, sim, compliance):
         assert left == [], table
     connection = client.get_item(TableName=settings.tables.connections, Key={"userId": {"S": "hook-user"}})
     assert connection.get("Item") is None
+    assert client.scan(TableName=settings.tables.webhook_inbox)["Items"] == []  # its waiting events too
 
 
 def server_handler(server):
@@ -616,3 +617,24 @@ def test_in_aws_a_failed_apply_is_retried_by_the_scheduled_sweep_through_the_str
     assert lambda_env({"Records": _inbox_stream(settings)}, None) == {"batchItemFailures": []}
     assert stored(service, "hook-user", "orders")[order] == graphql_truth(sim, "hooks", "orders")[order]
     assert service.engine.dynamodb.scan(TableName=settings.tables.webhook_inbox)["Items"] == []
+
+
+def test_the_sweep_reads_the_pending_items_only_not_the_failed_ones_kept(service, settings):
+    from shopify_pipeline.webhooks.inbox import FAILED, MAX_ATTEMPTS, WebhookInbox
+
+    inbox = WebhookInbox(service.engine.dynamodb, settings.tables.webhook_inbox, retry_base_seconds=0.0)
+    base = {"user": "hook-user", "shop": "hooks.myshopify.com", "topic": "orders/updated", "triggered_at": None}
+    for n in range(30):
+        assert inbox.put({**base, "event_id": f"kept-{n}", "id": n})
+        item = inbox.get(f"kept-{n}")
+        for _ in range(MAX_ATTEMPTS):
+            item = inbox.get(f"kept-{n}")
+            inbox.attempt_failed(item, RuntimeError("Shopify down"))
+        assert inbox.get(f"kept-{n}").status == FAILED
+    assert inbox.put({**base, "event_id": "waiting", "id": 99})
+    in_index = service.engine.dynamodb.query(
+        TableName=settings.tables.webhook_inbox, IndexName="due", KeyConditionExpression="#q = :p",
+        ExpressionAttributeNames={"#q": "queue"}, ExpressionAttributeValues={":p": {"S": "pending"}})
+    assert in_index["ScannedCount"] == 1  # what a sweep reads: the one waiting, not the 30 kept as failed
+    assert [item.event_id for item in inbox.due()] == ["waiting"]
+    assert inbox.replay() == 30 and len(inbox.due()) == 31  # replayed: back in the index
