@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import queue
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -198,15 +198,23 @@ def _iso(epoch: float) -> str:
 
 class InboxWorkers:
     """Threads that apply the inbox's events with `handler.apply`: those the server hands over as it accepts
-    them, and every `sweep_seconds` the due ones (left by a restart, or waiting for a retry)."""
+    them, and every `sweep_seconds` the due ones (left by a restart, or waiting for a retry).
 
-    def __init__(self, handler, inbox: WebhookInbox, workers: int = 4, sweep_seconds: float = 5.0) -> None:
+    Events queue per shop and the workers take the shops in turn, at most `per_shop` events of one shop at a
+    time: a burst of one throttled shop (each read-back waiting for that shop's points) holds up `per_shop`
+    workers, not every shop's events."""
+
+    def __init__(self, handler, inbox: WebhookInbox, workers: int = 4, sweep_seconds: float = 5.0,
+                 per_shop: int = 2) -> None:
         self.handler = handler
         self.inbox = inbox
         self.sweep_seconds = sweep_seconds
-        self._queue: queue.Queue[InboxItem | None] = queue.Queue()
-        self._busy: set[str] = set()  # queued or being applied
-        self._lock = threading.Lock()
+        self.per_shop = max(1, min(per_shop, workers))
+        self._queued: dict[str, deque[InboxItem]] = {}  # per shop, in arrival order
+        self._turns: deque[str] = deque()  # shops with queued events and room for one more in flight
+        self._in_flight: Counter[str] = Counter()
+        self._busy: set[str] = set()  # event ids queued or being applied
+        self._ready = threading.Condition()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._work, name=f"webhook-apply-{n}", daemon=True)
                          for n in range(workers)]
@@ -220,8 +228,8 @@ class InboxWorkers:
     def close(self) -> None:
         """Stop after the events being applied; what is still queued stays in the inbox for the next start."""
         self._stop.set()
-        for _ in self._threads:
-            self._queue.put(None)
+        with self._ready:
+            self._ready.notify_all()
         for thread in self._threads:
             thread.join(timeout=30)
 
@@ -229,17 +237,48 @@ class InboxWorkers:
         self._submit(InboxItem(event, PENDING, 0, 0.0))
 
     def _submit(self, item: InboxItem) -> None:
-        with self._lock:
+        shop = item.event.get("shop", "")
+        with self._ready:
             if item.event_id in self._busy:
                 return
             self._busy.add(item.event_id)
-        self._queue.put(item)
+            self._queued.setdefault(shop, deque()).append(item)
+            self._offer(shop)
+
+    def _offer(self, shop: str) -> None:
+        """Give `shop` a turn if it has events queued and room (lock held)."""
+        if self._queued.get(shop) and self._in_flight[shop] < self.per_shop and shop not in self._turns:
+            self._turns.append(shop)
+            self._ready.notify()
+
+    def _take(self) -> InboxItem | None:
+        with self._ready:
+            while not self._turns and not self._stop.is_set():
+                self._ready.wait()
+            if self._stop.is_set():
+                return None
+            shop = self._turns.popleft()
+            item = self._queued[shop].popleft()
+            if not self._queued[shop]:
+                del self._queued[shop]
+            self._in_flight[shop] += 1
+            self._offer(shop)  # its next event, if it still has room: behind the other shops' turns
+            return item
+
+    def _finish(self, item: InboxItem) -> None:
+        shop = item.event.get("shop", "")
+        with self._ready:
+            self._in_flight[shop] -= 1
+            if not self._in_flight[shop]:
+                del self._in_flight[shop]
+            self._busy.discard(item.event_id)
+            self._offer(shop)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is queued, being applied or pending in the inbox (failed items aside)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self._lock:
+            with self._ready:
                 busy = bool(self._busy)
             if not busy and not self.inbox.pending(limit=1):
                 return True
@@ -257,22 +296,14 @@ class InboxWorkers:
             self._stop.wait(self.sweep_seconds)
 
     def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._stop.is_set():  # closing: what is still queued stays in the inbox for the next start
-                with self._lock:
-                    self._busy.discard(item.event_id)
-                continue
+        while (item := self._take()) is not None:
             try:
                 self._apply(item)
             except Exception as error:  # noqa: BLE001 - the inbox itself failed (DynamoDB): the item stays
                 log.warning("webhook inbox: %s while applying an event; the sweep takes it again",
                             type(error).__name__)
             finally:
-                with self._lock:
-                    self._busy.discard(item.event_id)
+                self._finish(item)
 
     def _apply(self, item: InboxItem) -> None:
         current = self.inbox.get(item.event_id)
