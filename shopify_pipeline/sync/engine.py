@@ -536,6 +536,8 @@ class SyncEngine:
         pages be fetched at once; otherwise about equal counts each, found with count requests (see
         `_balanced_bounds`), never an empty one. The first slice has no lower bound and the last none above,
         so nothing created meanwhile is missed."""
+        if self.options.slices <= 1 or source.parallel_pages() == 1:
+            return [(None, None)]  # one slice whatever the count: not even that request is needed
         total = source.count(data_type) if count is None else count
         parts = self._slice_count(source, data_type, total)
         if parts <= 1:
@@ -559,7 +561,7 @@ class SyncEngine:
     def _slice_count(self, source: PageSource, data_type: str, total: int) -> int:
         """How many slices a full sync of `total` records gets: at most `slices`, one per `min_pages_per_slice`
         pages, and no more than the rate limit lets fetch pages at once (more would only wait in the pacer)."""
-        if self.options.slices <= 1 or total < self.options.min_records_to_slice:
+        if total < self.options.min_records_to_slice:
             return 1
         pages = -(-total // max(1, source.page_size(data_type)))
         parts = min(self.options.slices, pages // max(1, self.options.min_pages_per_slice))
