@@ -152,7 +152,7 @@ def _p90(values: list[float]) -> float:
     return sorted(values)[int(0.9 * (len(values) - 1))] if values else 0.0
 
 
-def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path) -> dict:
+def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path, submit_workers: int = 0) -> dict:
     """One fleet of `n` users through both phases; returns the measured row."""
     shops = shop_configs(n)
     settings = fresh_settings(endpoint)
@@ -160,7 +160,7 @@ def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path) -> dict:
     with RemoteSimulator(shops) as sim, LocalPostgres() as pg, CapacityMeter(endpoint) as meter:
         connections = {f"user-{s['name']}": (sim.shop_url(s["name"]), s["token"]) for s in shops}
         service = service_for(settings, shopify_settings(), connections=connections)
-        home = write_instance(workdir / f"home{n}", pg.postgres_db())
+        home = write_instance(workdir / f"home{n}", pg.postgres_db(), submit_workers)
         env = {"SHOPIFY_PIPELINE_ENV": "local", "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
                "SHOPIFY_PIPELINE_TABLE_PREFIX": prefix,
                DAILY_CRON_VARIABLE: daily_cron_at(datetime.now(timezone.utc) + NO_TICK_YET)}
@@ -209,7 +209,8 @@ def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path) -> dict:
     ok = sum(t.status == "SUCCESS" for t in times)
     end = max(t.ended for t in times)
     return {
-        "users": n, "daily runs ok": f"{ok}/{n}", "tick→all done s": end - tick_at,
+        "users": n, "submit threads": submit_workers or "-", "daily runs ok": f"{ok}/{n}",
+        "tick→all done s": end - tick_at,
         "tick→all enqueued s": max(t.enqueued for t in times) - tick_at,
         "runs/min": n / ((end - tick_at) / 60),
         "queued s (median)": _median([t.queued_seconds for t in times]),
@@ -264,20 +265,22 @@ def _mismatched_counts(service, settings, shops: list[dict]) -> list[str]:
 
 
 CPU_COLUMN = "CPU s/run: dagster/PG/DDB/sim"
-COLUMNS = ["users", "daily runs ok", "tick→all done s", "tick→all enqueued s", "runs/min", "queued s (median)",
+COLUMNS = ["users", "submit threads", "daily runs ok", "tick→all done s", "tick→all enqueued s", "runs/min",
+           "queued s (median)",
            "start-up s (median/p90)", "steps s (median)", "run − steps s (median)", "peak runs at once", CPU_COLUMN,
            "peak PG conns (daily/initial)", "event rows/run", "WCU/shop-day", "RCU/shop-day", "lease refusals",
            "overlapping runs", "count mismatches", "initial phase s"]
 
 
-def run(users: tuple[int, ...] = DEFAULT_USERS) -> None:
-    header(f"Fleet: {', '.join(map(str, users))} users, Postgres + dagster-daemon, one daily tick")
+def run(users: tuple[int, ...] = DEFAULT_USERS, submit_workers: int = 0) -> None:
+    header(f"Fleet: {', '.join(map(str, users))} users, Postgres + dagster-daemon, one daily tick"
+           f"{f', {submit_workers} submit threads' if submit_workers else ''}")
     rows = []
     # DynamoDB Local of our own (not $BENCH_DYNAMODB): its CPU time is part of the measurement.
     with LocalDynamoDB() as ddb, tempfile.TemporaryDirectory(prefix="bench-fleet-") as workdir:
         for n in users:
             started = time.monotonic()
-            row = fleet(n, ddb.endpoint_url, ddb._process.pid, Path(workdir))
+            row = fleet(n, ddb.endpoint_url, ddb._process.pid, Path(workdir), submit_workers)
             rows.append(row)
             print(table([row], COLUMNS), flush=True)
             print(f"  write units by operation: {row['_wcu_by_op']}; lease refusals {row['_refusals']}; "
@@ -288,8 +291,10 @@ def run(users: tuple[int, ...] = DEFAULT_USERS) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, nargs="+", default=list(DEFAULT_USERS), help="fleet sizes to run")
+    parser.add_argument("--submit-workers", type=int, default=0,
+                        help="threads creating a tick's runs and launching queued runs (default: Dagster's one)")
     args = parser.parse_args(argv)
-    run(tuple(args.users))
+    run(tuple(args.users), args.submit_workers)
     return 0
 
 

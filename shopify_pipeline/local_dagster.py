@@ -49,9 +49,14 @@ class LocalDagsterError(PermanentError):
     """The local daemon could not be started or a job could not be launched; the message says why."""
 
 
-def fleet_instance_config(postgres_db: Mapping[str, object], base: Path = REPO_INSTANCE) -> dict:
+def fleet_instance_config(postgres_db: Mapping[str, object], base: Path = REPO_INSTANCE,
+                          submit_workers: int = 0) -> dict:
     """The repository's dagster.yaml (queue, tag limits, pools, run retries) with run, event-log and schedule
-    storage in PostgreSQL and runs launched as local processes."""
+    storage in PostgreSQL and runs launched as local processes.
+
+    `submit_workers` > 0 adds Dagster's threaded submission: the schedule's and sensors' run requests of one
+    tick created by that many threads, and the queue launching that many runs at once. Without it each is
+    one at a time, and DefaultRunLauncher's launch waits for the run process to load the code."""
     if not base.exists():
         raise LocalDagsterError(f"{base} not found: the fleet instance is built from the repository's dagster.yaml")
     config = yaml.safe_load(base.read_text())
@@ -61,13 +66,18 @@ def fleet_instance_config(postgres_db: Mapping[str, object], base: Path = REPO_I
     max_runs = concurrency.get("runs", {}).get("max_concurrent_runs", 10)
     # Each run has one root fetch step per data type in the pool (see the module's docstring).
     concurrency.setdefault("pools", {}).setdefault("op_granularity_run_buffer", max_runs * ROOT_FETCH_STEPS)
+    if submit_workers:
+        config["run_coordinator"]["config"] = {"dequeue_use_threads": True, "dequeue_num_workers": submit_workers}
+        for daemon in ("schedules", "sensors"):
+            config[daemon] = {"use_threads": True, "num_workers": 1, "num_submit_workers": submit_workers}
     return config
 
 
-def write_instance(home: Path, postgres_db: Mapping[str, object]) -> Path:
+def write_instance(home: Path, postgres_db: Mapping[str, object], submit_workers: int = 0) -> Path:
     """A DAGSTER_HOME at `home` holding the fleet instance's dagster.yaml; returns `home`."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(yaml.safe_dump(fleet_instance_config(postgres_db), sort_keys=False))
+    config = fleet_instance_config(postgres_db, submit_workers=submit_workers)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return home
 
 
