@@ -25,9 +25,6 @@ MAX_BUCKET = 100_000  # far above any plan (Plus: 400): a larger "size" is a bro
 MIN_LEAK_PER_SECOND = 0.05
 # A request unanswered for this long was counted and leaked out long ago, or failed without an answer.
 IN_FLIGHT_SECONDS = 60.0
-# How many requests a window's count can be off by: a header rounds up, and an answer read just after a
-# reading may have been counted just before it (or the other way round).
-UNCERTAIN_REQUESTS = 3
 
 
 class Pacer:
@@ -57,9 +54,9 @@ class Pacer:
         # answer before it reserves again): what came back meanwhile may have been counted after it.
         self._answers = 0
         self._answers_at_acquire: dict[int, int] = {}
-        # An earlier reading (time, used) and how many answers came since: the leak rate is learned
-        # from them, since plans (and a time-scaled simulator) leak at different rates.
-        self._reference: tuple[float, float] | None = None
+        # An earlier reading (time, used, requests then in flight) and how many answers came since: the leak
+        # rate is learned from them, since plans (and a time-scaled simulator) leak at different rates.
+        self._reference: tuple[float, float, int] | None = None
         self._answers_since = 0
         self.waited_seconds = 0.0
 
@@ -129,20 +126,21 @@ class Pacer:
                 # a good first guess until the readings say better.
                 self.size = int(size)
                 self.leak_per_second = max(self.leak_per_second, self.size / 20)
-            self._learn_leak(now, used)
+            self._learn_leak(now, used, in_flight + overtaken)
             # Shopify's count, and our requests it may not include yet: an upper bound of the level (those it
             # does include are counted twice), however wrong the leak rate was.
             self._level = min(float(self.size), used + in_flight + overtaken)
             self._readings.notify_all()  # threads waiting on the old level compute their wait again
 
-    def _learn_leak(self, now: float, used: float) -> None:
-        """Between two readings Shopify counted one request per answer and leaked the rest."""
+    def _learn_leak(self, now: float, used: float, pending: int) -> None:
+        """Between two readings Shopify counted one request per answer and leaked the rest. `pending`: our
+        requests this reading may not include."""
         self._answers_since += 1
         if self._reference is None:
-            self._reference = (now, used)
+            self._reference = (now, used, pending)
             self._answers_since = 0
             return
-        then, before = self._reference
+        then, before, pending_before = self._reference
         elapsed = now - then
         if elapsed < 2.0:
             return
@@ -152,14 +150,15 @@ class Pacer:
                 learned = 0.5 * self.leak_per_second + 0.5 * min(estimate, self.size)
             else:  # the bucket may have run dry in between: the estimate is only a lower bound
                 learned = max(self.leak_per_second, min(estimate, self.size))
-            # What the window proves even if its count is off by the most it can be: taken at once, so
-            # that the first readings replace a default far below the real rate (no slow averaging up).
-            proven = (before + self._answers_since - used - UNCERTAIN_REQUESTS) / elapsed
+            # What the window proves even if its count is off by the most it can be (answers of requests
+            # counted before it, a header rounded up): taken at once, so that the first readings replace a
+            # default far below the real rate without averaging up to it.
+            proven = (before + self._answers_since - used - pending_before - 1) / elapsed
             learned = max(learned, min(proven, self.size))
             # Every plan leaks at least a twentieth of its bucket a second: a header that always says
             # "full" must not talk the rate down towards zero (each wait would make the next estimate lower).
             self.leak_per_second = max(learned, self.size / 20, MIN_LEAK_PER_SECOND)
-        self._reference = (now, used)
+        self._reference = (now, used, pending)
         self._answers_since = 0
 
     def throttled(self, retry_after: float) -> None:
