@@ -145,16 +145,15 @@ class Pacer:
         if elapsed < 2.0:
             return
         estimate = (before + self._answers_since - used) / elapsed
+        # What the window proves even if its count is off by the most it can be (answers of requests counted
+        # before it, a header rounded up): taken at once, so that the first readings replace a default far
+        # below the real rate without averaging up to it.
+        proven = min((before + self._answers_since - used - pending_before - 1) / elapsed, self.size)
         if estimate > 0 and math.isfinite(estimate):
             if used > 1:  # a reading from a non-empty bucket: the estimate is exact up to noise
-                learned = 0.5 * self.leak_per_second + 0.5 * min(estimate, self.size)
-            else:  # the bucket may have run dry in between: the estimate is only a lower bound
-                learned = max(self.leak_per_second, min(estimate, self.size))
-            # What the window proves even if its count is off by the most it can be (answers of requests
-            # counted before it, a header rounded up): taken at once, so that the first readings replace a
-            # default far below the real rate without averaging up to it.
-            proven = (before + self._answers_since - used - pending_before - 1) / elapsed
-            learned = max(learned, min(proven, self.size))
+                learned = max(0.5 * self.leak_per_second + 0.5 * min(estimate, self.size), proven)
+            else:  # the bucket may have run dry in between: only the proven rate is a lower bound
+                learned = max(self.leak_per_second, proven)
             # Every plan leaks at least a twentieth of its bucket a second: a header that always says
             # "full" must not talk the rate down towards zero (each wait would make the next estimate lower).
             self.leak_per_second = max(learned, self.size / 20, MIN_LEAK_PER_SECOND)

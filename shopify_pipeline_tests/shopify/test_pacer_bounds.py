@@ -182,3 +182,16 @@ def test_concurrent_slices_never_overflow_the_bucket_even_when_answers_overtake_
     pacer = Pacer(leak_per_second=2.0, size=40, margin=2, clock=clock, sleep=shop.sleep)
     shop.fetch(pacer, 300, slices)
     assert shop.throttled == 0 and shop.counted == 300
+
+
+def test_answers_of_requests_counted_before_a_window_do_not_teach_a_faster_leak():
+    clock = FakeClock()
+    pacer = Pacer(leak_per_second=2.0, size=40, margin=2, clock=clock, sleep=clock.sleep)
+    for _ in range(16):  # 16 requests at once, all counted by Shopify at once
+        pacer.acquire()
+    pacer.observe("16/40")  # the first answer; 15 are still in flight
+    clock.now = 2.0
+    for _ in range(15):  # answered 2 s later: the bucket has leaked the 16 at 8 a second (or faster)
+        pacer.observe("0/40")
+    # Counting those 15 answers as requests of the window would make it 31 leaked in 2 s (15.5/s).
+    assert 2.0 <= pacer.leak_per_second <= 8.0
