@@ -112,7 +112,7 @@ def test_the_instance_is_the_repositorys_dagster_yaml_with_postgres_storage():
     assert limits["dagster/partition"]["limit"] == 1
 
 
-def test_a_lease_refusal_is_counted(settings, tmp_path):
+def test_a_lease_refusal_is_counted(settings):
     """The counter the fleet test expects to read 0 does see a refusal: a sync of customers (the first step)
     whose lease another host holds for 5 s waits it out (the step's retry) and is counted once."""
     user = "user-leased"
