@@ -107,10 +107,14 @@ class SyncEngineResource(dg.ConfigurableResource):
     shopify: ShopifyResource
     # Tokens behind secretsmanager: references, and expiring connections' token pairs (dagster-aws's resource).
     secrets: SecretsManagerResource | None = None
-    slices: int = Field(default=SyncOptions.slices, description="Slices a full sync fetches in parallel.")
+    slices: int = Field(default=SyncOptions.slices, description="At most this many slices a full sync fetches "
+                        "in parallel (planned from Shopify's counts and the rate limit).")
     min_records_to_slice: int = Field(
         default=SyncOptions.min_records_to_slice, description="Smaller listings are fetched as one slice."
     )
+    min_pages_per_slice: int = Field(
+        default=SyncOptions.min_pages_per_slice, description="A full sync gets one slice per this many pages of "
+        "Shopify's count (1 000 orders at 250 a page: one slice).")
     bulk_threshold: int | None = Field(
         default=SyncOptions.bulk_threshold,
         description="Full syncs of GraphQL connections with at least this many records use one bulk operation "
@@ -140,6 +144,7 @@ class SyncEngineResource(dg.ConfigurableResource):
 
     def _build(self) -> SyncEngine:
         options = SyncOptions(slices=self.slices, min_records_to_slice=self.min_records_to_slice,
+                              min_pages_per_slice=self.min_pages_per_slice,
                               bulk_threshold=self.bulk_threshold,
                               bulk_poll=(self.bulk_poll_seconds, self.bulk_max_poll_seconds,
                                          self.bulk_max_run_seconds),
