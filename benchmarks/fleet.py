@@ -21,8 +21,9 @@ Measured in phase 2: seconds from the tick (its scheduled time) to the last run'
 enqueued; runs/minute; per run (from the run's events in Postgres): queue wait, process start-up (launched
 → RUN_START: Python, Dagster, the code location, resources), the sum of step durations (the sync work and
 the checks), the rest of the run (between steps, event writes); CPU-seconds per run of the daemon with its
-code servers and run processes, of PostgreSQL, of DynamoDB Local and of the simulator (/proc/PID/stat,
-children included, so other work on a shared machine is not counted); peak PostgreSQL client connections
+code servers and run processes (its process group, sampled every 0.5 s), of PostgreSQL, of DynamoDB Local
+and of the simulator (/proc/PID/stat, reaped children included), so other work on a shared machine is not
+counted; peak PostgreSQL client connections
 (pg_stat_activity every 0.25 s) and event-log rows per run; DynamoDB write and read units per shop-day
 (every process's requests, with ReturnConsumedCapacity added by the proxy: DynamoDB Local's own computation;
 refused conditional writes counted as 1). Also: lease refusals (steps that met LeaseHeldError or
@@ -120,11 +121,40 @@ def process_cpu_seconds(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def children_cpu_seconds() -> float:
-    """CPU-seconds of this process's reaped children: the daemon, its code servers and every run process
-    (each reaps its own), once the daemon has exited."""
-    times = os.times()
-    return times.children_user + times.children_system
+class GroupCpu:
+    """CPU-seconds of every process in one process group (the daemon's: its code servers and run processes),
+    sampled from /proc every 0.5 s while the `with` block runs; a process counts with its last sample."""
+
+    def __init__(self, group: int) -> None:
+        self.group = group
+        self._seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> GroupCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self._seen.values())
+
+    def _poll(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self._stop.wait(0.5):
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == self.group:
+                    self._seen[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
 
 
 def _wait_runs(instance: dg.DagsterInstance, job: str, n: int, daemon: DagsterDaemon, timeout: float) -> list:
@@ -186,13 +216,15 @@ def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path, submit_worker
             meter.reset()
             cpu_before = _cpu(pg, dynamodb_pid, sim)
             daily_env = {**env, "AWS_ENDPOINT_URL_DYNAMODB": meter.endpoint_url, DAILY_CRON_VARIABLE: cron}
-            with ConnectionPeak(pg.url) as peak2, DagsterDaemon(home, daily_env, log) as daemon:
+            with ConnectionPeak(pg.url) as peak2, DagsterDaemon(home, daily_env, log) as daemon, \
+                    GroupCpu(daemon.pid) as dagster_cpu:
                 daily = _wait_runs(instance, "daily_sync", n, daemon, timeout=(tick - datetime.now(timezone.utc))
                                    .total_seconds() + 600 + 30 * n)
                 daily_peak = peak2.peak
                 events = peak2.rows("SELECT count(*) FROM event_logs") - events_before
             capacity = meter.totals()
-            cpu = {name: (seconds - cpu_before[name]) / n for name, seconds in _cpu(pg, dynamodb_pid, sim).items()}
+            cpu = {"dagster": dagster_cpu.seconds / n} | {
+                name: (seconds - cpu_before[name]) / n for name, seconds in _cpu(pg, dynamodb_pid, sim).items()}
             daily_ids = [r.dagster_run.run_id for r in daily]
             times = run_times(instance, daily_ids)
             refusals = lease_refusals(instance, daily_ids + [r.dagster_run.run_id for r in initial])
@@ -240,9 +272,8 @@ def _peak_concurrency(times: list) -> int:
 
 
 def _cpu(pg: LocalPostgres, dynamodb_pid: int, sim: RemoteSimulator) -> dict[str, float]:
-    """CPU-seconds so far of: the daemons with their code servers and runs (once exited), PostgreSQL, DynamoDB
-    Local, the simulator."""
-    return {"dagster": children_cpu_seconds(), "postgres": process_cpu_seconds(pg.server_pid()),
+    """CPU-seconds so far of PostgreSQL (with its reaped backends), DynamoDB Local and the simulator."""
+    return {"postgres": process_cpu_seconds(pg.server_pid()),
             "dynamodb": process_cpu_seconds(dynamodb_pid), "simulator": process_cpu_seconds(sim.process.pid)}
 
 

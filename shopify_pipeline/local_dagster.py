@@ -105,6 +105,11 @@ class DagsterDaemon:
                                          start_new_session=True)
         return self
 
+    @property
+    def pid(self) -> int:
+        """The daemon's process id, also the id of the process group of its code servers and runs."""
+        return self._process.pid
+
     def running(self) -> bool:
         """Whether the daemon process still runs (its log says why not)."""
         return self._process is not None and self._process.poll() is None
