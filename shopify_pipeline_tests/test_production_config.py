@@ -95,7 +95,7 @@ def test_production_yaml_is_valid_for_this_dagster(production_env: dict[str, str
 
     assert (ref.storage_data.module_name, ref.storage_data.class_name) == ("dagster_postgres", "DagsterPostgresStorage")
     assert pg_url_from_config(processed["storage"]) == (
-        f"postgresql://dagster:s3cret@{production_env['DAGSTER_PG_HOST']}:5432/dagster?sslmode=require")
+        f"postgresql+psycopg2://dagster:s3cret@{production_env['DAGSTER_PG_HOST']}:5432/dagster?sslmode=require")
     assert ref.run_launcher_data.module_name == "dagster_aws.ecs"
     assert ref.run_launcher_data.class_name == "EcsRunLauncher"
     assert ref.run_coordinator_data.class_name == "QueuedRunCoordinator"
