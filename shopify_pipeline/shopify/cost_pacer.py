@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from shopify_pipeline.shopify.pacer import pause_unlocked
+
 SINGLE_QUERY_MAX_COST = 1000  # Shopify refuses a query whose requested cost is above this
 MAX_BUCKET_POINTS = 1_000_000  # far above any plan (Enterprise: 40 000): a larger one is a broken reading
 MIN_RESTORE_PER_SECOND = 1.0
@@ -109,14 +111,7 @@ class CostPacer:
 
     def _pause(self, seconds: float) -> None:
         """Wait up to `seconds` with the lock released (the caller holds it); a reading ends it early."""
-        if self._sleep is None:
-            self._readings.wait(seconds)
-            return
-        self._lock.release()
-        try:
-            self._sleep(seconds)
-        finally:
-            self._lock.acquire()
+        pause_unlocked(self._readings, self._sleep, seconds)
 
     def observe(self, reading: CostReading | None, reserved: float = 0.0) -> None:
         """Correct the model from an answer's cost reading (Shopify's count wins: it includes other apps'

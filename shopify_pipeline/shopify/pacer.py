@@ -91,14 +91,7 @@ class Pacer:
 
     def _pause(self, seconds: float) -> None:
         """Wait up to `seconds` with the lock released (the caller holds it); an answer ends it early."""
-        if self._sleep is None:
-            self._readings.wait(seconds)
-            return
-        self._lock.release()
-        try:
-            self._sleep(seconds)
-        finally:
-            self._lock.acquire()
+        pause_unlocked(self._readings, self._sleep, seconds)
 
     def _answered(self, now: float) -> int:
         """One request is no longer in flight. Returns how many still are."""
@@ -230,3 +223,16 @@ class PacerRegistry:
 
 
 PACERS = PacerRegistry()
+
+
+def pause_unlocked(readings: threading.Condition, sleep: Callable[[float], None] | None, seconds: float) -> None:
+    """Wait up to `seconds` with `readings`' lock released (the caller holds it): on the condition, which a new
+    reading notifies, or with an injected `sleep` (tests' fake clocks)."""
+    if sleep is None:
+        readings.wait(seconds)
+        return
+    readings.release()
+    try:
+        sleep(seconds)
+    finally:
+        readings.acquire()
