@@ -212,7 +212,8 @@ class WebhookHandler:
                 if delivery.topic in RECORD_TOPICS else delivery.event_id)
         return [{"event_id": f"{delivery.shop}:{once}:{connection.user_id}", "delivery": delivery.event_id,
                  "topic": delivery.topic, "user": connection.user_id, "shop": delivery.shop,
-                 "id": body.get("id"), "triggered_at": delivery.triggered_at, "received_at": self._iso_now(),
+                 "id": body.get("id"), "triggered_at": delivery.triggered_at,
+                 "received_at": self._now().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),  # to the microsecond, as connectedAt
                  **_topic_fields(delivery.topic, body)}
                 for connection in connections]
 

@@ -280,7 +280,8 @@ class InboxWorkers:
         while time.monotonic() < deadline:
             with self._ready:
                 busy = bool(self._busy)
-            if not busy and not self.inbox.pending(limit=1):
+            # Read consistently from the table, not the index (which may lag a moment behind a put).
+            if not busy and not self.inbox.items(PENDING):
                 return True
             time.sleep(0.05)
         return False

@@ -66,9 +66,9 @@ class WebhookServer:
                                 type(error).__name__)
                     self._answer(500, {"result": "failed", "detail": type(error).__name__})
                     return
-                self._answer(outcome.status, {"result": outcome.result, "detail": outcome.detail})
-                for event in queued:  # after the answer: the sweep would find them too, later
+                for event in queued:  # handed to the workers (in memory) before the answer
                     applier.submit(event)
+                self._answer(outcome.status, {"result": outcome.result, "detail": outcome.detail})
 
             def _answer(self, status: int, body: dict) -> None:
                 data = json.dumps(body).encode()

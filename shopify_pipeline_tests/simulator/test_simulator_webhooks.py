@@ -585,12 +585,19 @@ def test_fault_configuration_is_checked() -> None:
 
 def test_app_uninstalled_carries_the_shop(start: Callable[..., Simulator], receiver: Receiver) -> None:
     sim = start()
+    shop = rest(sim, "shop.json")["shop"]
     assert sim.trigger_app_uninstalled("acme") is None
     sim.subscribe("acme", "APP_UNINSTALLED", receiver.url())
     event_id = sim.trigger_app_uninstalled("acme")
     [delivery] = receiver.wait_for(1)
     assert delivery.topic == "app/uninstalled" and delivery.event_id == event_id
-    assert delivery.document() == rest(sim, "shop.json")["shop"]
+    assert delivery.document() == shop
+    # Shopify revokes the app's token with the uninstall; a reinstall brings it back.
+    refused = requests.get(f"{sim.shop_url('acme')}/admin/api/{VERSION}/shop.json",
+                           headers={"X-Shopify-Access-Token": TOKEN}, timeout=10)
+    assert refused.status_code == 401
+    sim.reinstall("acme")
+    assert rest(sim, "shop.json")["shop"] == shop
 
 
 def test_compliance_webhooks_go_to_the_apps_compliance_url(start: Callable[..., Simulator],
