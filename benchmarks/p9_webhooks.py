@@ -457,6 +457,7 @@ def run() -> None:
                 cpu.cores()
                 driven = _drive(sim, shop, rate, seconds, number * 1_000_000)
                 idle = _admin(sim, shop, "webhook_idle", {"timeout": IDLE_TIMEOUT_SECONDS})["idle"]
+                idle = server.wait_idle(IDLE_TIMEOUT_SECONDS) and idle  # delivered, and applied from the inbox
                 cores = cpu.cores()
                 stats = _delta(_admin(sim, shop, "webhooks")["stats"], before)
                 latency, where = _rows(label, None if multiple is None else rate, driven, list(answered), stats,
