@@ -39,6 +39,7 @@ import statistics
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -47,6 +48,7 @@ import psycopg2
 
 from benchmarks.common import RemoteSimulator, fresh_settings, header, service_for, shopify_settings, table
 from benchmarks.dynamo_meter import CapacityMeter
+from shopify_pipeline.defs.partitions import USER_PARTITIONS_NAME
 from shopify_pipeline.defs.schedules import DAILY_CRON_VARIABLE
 from shopify_pipeline.dynamo.local import LocalDynamoDB
 from shopify_pipeline.dynamo.records import RecordTable
@@ -182,8 +184,11 @@ def _p90(values: list[float]) -> float:
     return sorted(values)[int(0.9 * (len(values) - 1))] if values else 0.0
 
 
-def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path, submit_workers: int = 0) -> dict:
-    """One fleet of `n` users through both phases; returns the measured row."""
+def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path, submit_workers: int = 0,
+          initial_by: str = "dagster") -> dict:
+    """One fleet of `n` users through both phases; returns the measured row. `initial_by` "engine" syncs
+    phase 1 in this process (threads) and adds the partitions, so the sensor requests nothing: the daily tick
+    is measured the same way, without the hour of Dagster start-ups a 1 000-user phase 1 costs on 2 cores."""
     shops = shop_configs(n)
     settings = fresh_settings(endpoint)
     prefix = settings.tables.checkpoints.removesuffix("sync_checkpoints")
@@ -197,12 +202,16 @@ def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path, submit_worker
         log = workdir / f"daemon{n}.log"
         with dg.DagsterInstance.from_config(str(home)) as instance:
             started = time.monotonic()
-            with ConnectionPeak(pg.url) as peak1, DagsterDaemon(home, env, log) as daemon:
-                initial = _wait_runs(instance, "full_sync", n, daemon, timeout=600 + 30 * n)
+            if initial_by == "dagster":
+                with ConnectionPeak(pg.url) as peak1, DagsterDaemon(home, env, log) as daemon:
+                    initial = _wait_runs(instance, "full_sync", n, daemon, timeout=600 + 30 * n)
+                initial_peak = peak1.peak
+                initial_ok = sum(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in initial)
+            else:
+                initial, initial_peak = [], "-"
+                initial_ok = _initial_by_engine(service, instance, list(connections))
             initial_seconds = time.monotonic() - started
-            initial_peak = peak1.peak
-            initial_ok = sum(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in initial)
-            print(f"  phase 1: {n} initial runs ({initial_ok} succeeded) in {initial_seconds:.0f} s, "
+            print(f"  phase 1 ({initial_by}): {n} initial syncs ({initial_ok} succeeded) in {initial_seconds:.0f} s, "
                   f"peak {initial_peak} Postgres connections", flush=True)
 
             for i, shop in enumerate(shops):
@@ -261,6 +270,19 @@ def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path, submit_worker
     }
 
 
+def _initial_by_engine(service, instance: dg.DagsterInstance, users: list[str], threads: int = 8) -> int:
+    """Every user's initial sync in this process, `threads` at a time, then their partitions added; returns how
+    many succeeded."""
+    done = 0
+    with ThreadPoolExecutor(threads) as pool:
+        for i, result in enumerate(pool.map(lambda user: service.sync(user, "initial"), users), 1):
+            done += result.success
+            if i % 100 == 0:
+                print(f"  phase 1 (engine): {i}/{len(users)} synced", flush=True)
+    instance.add_dynamic_partitions(USER_PARTITIONS_NAME, users)
+    return done
+
+
 def _peak_concurrency(times: list) -> int:
     """The most runs whose processes ran at the same moment (launch to end)."""
     edges = sorted([(t.launched, 1) for t in times] + [(t.ended, -1) for t in times])
@@ -303,15 +325,15 @@ COLUMNS = ["users", "submit threads", "daily runs ok", "tick→all done s", "tic
            "overlapping runs", "count mismatches", "initial phase s"]
 
 
-def run(users: tuple[int, ...] = DEFAULT_USERS, submit_workers: int = 0) -> None:
+def run(users: tuple[int, ...] = DEFAULT_USERS, submit_workers: int = 0, initial_by: str = "dagster") -> None:
     header(f"Fleet: {', '.join(map(str, users))} users, Postgres + dagster-daemon, one daily tick"
-           f"{f', {submit_workers} submit threads' if submit_workers else ''}")
+           f"{f', {submit_workers} submit threads' if submit_workers else ''}, initial syncs by {initial_by}")
     rows = []
     # DynamoDB Local of our own (not $BENCH_DYNAMODB): its CPU time is part of the measurement.
     with LocalDynamoDB() as ddb, tempfile.TemporaryDirectory(prefix="bench-fleet-") as workdir:
         for n in users:
             started = time.monotonic()
-            row = fleet(n, ddb.endpoint_url, ddb._process.pid, Path(workdir), submit_workers)
+            row = fleet(n, ddb.endpoint_url, ddb._process.pid, Path(workdir), submit_workers, initial_by)
             rows.append(row)
             print(table([row], COLUMNS), flush=True)
             print(f"  write units by operation: {row['_wcu_by_op']}; lease refusals {row['_refusals']}; "
@@ -324,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, nargs="+", default=list(DEFAULT_USERS), help="fleet sizes to run")
     parser.add_argument("--submit-workers", type=int, default=0,
                         help="threads creating a tick's runs and launching queued runs (default: Dagster's one)")
+    parser.add_argument("--initial", choices=("dagster", "engine"), default="dagster",
+                        help="phase 1 through the sensor's Dagster runs (default) or by the engine in this process")
     args = parser.parse_args(argv)
-    run(tuple(args.users), args.submit_workers)
+    run(tuple(args.users), args.submit_workers, args.initial)
     return 0
 
 
