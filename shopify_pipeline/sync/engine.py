@@ -552,7 +552,7 @@ class SyncEngine:
         # Count requests: one round (a cut each), and for a big listing up to four rounds, about 1 per 8 pages.
         budget = max(parts - 1, min(4 * (parts - 1), pages // 8))
         bounds = _balanced_bounds(lambda moment: source.count_created(data_type, _iso(moment)), low, high, total,
-                                  parts, budget)
+                                  parts, budget, workers=parts)
         # created_at_min/max are inclusive and to the second: each slice starts a second after the last ended.
         lows = [None, *(_iso(bound + timedelta(seconds=1)) for bound in bounds)]
         highs = [*(_iso(bound) for bound in bounds), None]
@@ -771,10 +771,11 @@ def _slice(index: int, low: str | None, high: str | None) -> dict:
 
 
 def _balanced_bounds(count_up_to: Callable[[datetime], int], low: datetime, high: datetime, total: int,
-                     parts: int, budget: int) -> list[datetime]:
+                     parts: int, budget: int, workers: int = 1) -> list[datetime]:
     """Moments (whole seconds) that cut the records created in [low, high] into up to `parts` runs of about
     `total / parts` each; `count_up_to(moment)` is the number created at or before it, one request each, at
-    most `budget` of them.
+    most `budget` of them. A round's requests are independent: `workers` of them are sent at once (the pacer
+    still spaces them), so planning costs a round trip a round rather than one a cut.
 
     Each round probes every stretch between known counts that holds a cut not yet within a quarter of a slice
     of its target: where linear interpolation puts each cut (equal-time cuts on the first round, exact for
@@ -806,9 +807,13 @@ def _balanced_bounds(count_up_to: Callable[[datetime], int], low: datetime, high
                           if 1 <= round(offset) < span)
         if not probes:
             break
-        for moment in sorted(probes)[:budget - spent]:
-            known[moment] = count_up_to(moment)
-            spent += 1
+        batch = sorted(probes)[:budget - spent]
+        if workers > 1 and len(batch) > 1:
+            with ThreadPoolExecutor(min(workers, len(batch)), thread_name_prefix="plan") as pool:
+                known.update(zip(batch, pool.map(count_up_to, batch), strict=True))
+        else:
+            known.update((moment, count_up_to(moment)) for moment in batch)
+        spent += len(batch)
     inside_counts = [(moment, counted) for moment, counted in known.items() if 0 < counted < total]
     cuts: dict[int, datetime] = {}
     for target in targets:

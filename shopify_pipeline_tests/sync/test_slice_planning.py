@@ -2,6 +2,7 @@
 a big shop, never an empty slice, nothing lost."""
 
 import math
+import threading
 from bisect import bisect_right
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -63,6 +64,22 @@ def test_a_tight_budget_plans_fewer_slices_rather_than_empty_ones():
     moments = [NOW - timedelta(days=3650)] + [NOW - timedelta(seconds=26 * i) for i in range(9_999)]
     sizes, counter = _plan(moments, 4, 3)
     assert counter.requests <= 3 and sum(sizes) == 10_000 and all(sizes), sizes
+
+
+def test_a_rounds_count_requests_are_sent_at_once_and_cut_the_same():
+    # Three cuts, one round: with 3 workers the three requests are in flight together (each waits at a
+    # barrier for the other two; sent one after another, the first would wait alone and break it).
+    moments = [NOW - timedelta(seconds=400 * i) for i in range(40_000)]
+    together = threading.Barrier(3, timeout=10)
+    counter = Counter(moments)
+
+    def count_up_to(moment: datetime) -> int:
+        together.wait()
+        return counter(moment)
+
+    at_once = _balanced_bounds(count_up_to, counter.moments[0], NOW, len(moments), 4, 12, workers=3)
+    one_by_one = _balanced_bounds(Counter(moments), counter.moments[0], NOW, len(moments), 4, 12)
+    assert at_once == one_by_one and len(at_once) == 3 and counter.requests == 3
 
 
 def test_records_all_in_one_second_make_one_slice():
