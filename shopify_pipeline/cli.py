@@ -150,6 +150,15 @@ def _users(args: argparse.Namespace) -> int:
             raise SystemExit("users remove needs --user")
         removed = service.remove_connection(args.user)
         _print(args, {"removed": removed}, f"removed {args.user}" if removed else f"no connection for {args.user}")
+    elif args.action == "task-size":
+        if args.user is None or not (args.clear or (args.cpu and args.memory)):
+            raise SystemExit("users task-size needs --user and --cpu with --memory (a Fargate size, e.g. --cpu 1024 "
+                             "--memory 4096), or --clear for dagster.yaml's run_resources")
+        connection = service.engine.connections.set_task_size(
+            args.user, None if args.clear else args.cpu, None if args.clear else args.memory)
+        size = connection.task_size
+        _print(args, connection.public(), f"{args.user}: scheduled and sensor-launched runs get " + (
+            f"{size['cpu']} CPU units and {size['memory']} MiB" if size else "dagster.yaml's run_resources"))
     elif args.action == "purge-uninstalled":
         from shopify_pipeline.webhooks.compliance import Compliance, uninstalled_retention_days
 
@@ -166,7 +175,9 @@ def _users(args: argparse.Namespace) -> int:
         return 1 if any("failed" in done for done in outcome.values()) else 0
     else:
         connections = service.list_connections()
-        rows = [f"{c.user_id:24} {c.shop:40} {c.api:8} last syncs: {c.last_sync or '-'}" for c in connections]
+        rows = [f"{c.user_id:24} {c.shop:40} {c.api:8} "
+                + (f"task {c.task_size['cpu']}/{c.task_size['memory']} " if c.task_size else "")
+                + f"last syncs: {c.last_sync or '-'}" for c in connections]
         _print(args, [c.public() for c in connections], "\n".join(rows) or "no users connected")
     return 0
 
@@ -293,11 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     users = command("users", _users, "add, list or remove users' shop connections", user=False)
-    users.add_argument("action", choices=("add", "list", "remove", "purge-uninstalled"),
-                       help="purge-uninstalled: erase the data of shops that uninstalled the app --days (default "
-                       "SHOPIFY_UNINSTALLED_RETENTION_DAYS, 30) or more days ago, as shop/redact would")
+    users.add_argument("action", choices=("add", "list", "remove", "task-size", "purge-uninstalled"),
+                       help="task-size: the ECS task (--cpu, --memory; --clear) of the user's scheduled and "
+                       "sensor-launched runs; purge-uninstalled: erase the data of shops that uninstalled the app "
+                       "--days (default SHOPIFY_UNINSTALLED_RETENTION_DAYS, 30) or more days ago, as shop/redact "
+                       "would")
     users.add_argument("--days", type=int, help="purge-uninstalled: the retention in days")
-    users.add_argument("--user", help="the user id (for add and remove)")
+    users.add_argument("--user", help="the user id (add, remove, task-size)")
+    users.add_argument("--cpu", type=int, help="task-size: ECS CPU units (256, 512, 1024, 2048, 4096, 8192, 16384)")
+    users.add_argument("--memory", type=int, help="task-size: MiB, a size Fargate offers with --cpu")
+    users.add_argument("--clear", action="store_true", help="task-size: back to dagster.yaml's run_resources")
     users.add_argument("--shop", help="acme.myshopify.com (add)")
     users.add_argument("--token-ref", help="where the token is: env:VAR, secretsmanager:ID, literal:TOKEN (add)")
     users.add_argument("--api", choices=("graphql", "rest"),

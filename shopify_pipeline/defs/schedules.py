@@ -9,7 +9,7 @@ from dagster._utils.schedules import is_valid_cron_string
 
 from shopify_pipeline.defs.assets import sync_run_config
 from shopify_pipeline.defs.jobs import daily_sync_job
-from shopify_pipeline.defs.partitions import USER_TAG, user_partitions
+from shopify_pipeline.defs.partitions import user_partitions, user_run_tags
 from shopify_pipeline.defs.resources import SyncEngineResource
 from shopify_pipeline.settings import SettingsError
 
@@ -41,7 +41,8 @@ def daily_sync_schedule(context: dg.ScheduleEvaluationContext, sync_engine: Sync
     users = context.instance.get_dynamic_partitions(user_partitions.name)
     if not users:
         return dg.SkipReason("no users yet: the shopify_connections sensor adds them")
-    disconnected = {c.user_id for c in sync_engine.engine().connections.list() if c.disconnected_at}
+    connections = {c.user_id: c for c in sync_engine.engine().connections.list()}
+    disconnected = {user for user, c in connections.items() if c.disconnected_at}
     if disconnected & set(users):
         context.log.info("skipping %d disconnected user(s) (app uninstalled): %s", len(disconnected & set(users)),
                          ", ".join(sorted(disconnected & set(users))[:10]))
@@ -51,6 +52,6 @@ def daily_sync_schedule(context: dg.ScheduleEvaluationContext, sync_engine: Sync
     day = (context.scheduled_execution_time or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
     return [
         dg.RunRequest(run_key=f"daily:{user}:{day}", partition_key=user, run_config=sync_run_config("daily"),
-                      tags={USER_TAG: user})
+                      tags=user_run_tags(user, connections.get(user)))
         for user in users
     ]

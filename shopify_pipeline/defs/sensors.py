@@ -9,7 +9,7 @@ import dagster as dg
 
 from shopify_pipeline.defs.assets import sync_run_config
 from shopify_pipeline.defs.jobs import full_sync_job
-from shopify_pipeline.defs.partitions import USER_TAG, user_partitions
+from shopify_pipeline.defs.partitions import USER_TAG, user_partitions, user_run_tags
 from shopify_pipeline.defs.resources import SyncEngineResource
 from shopify_pipeline.settings import SettingsError
 
@@ -38,7 +38,7 @@ def shopify_connections_sensor(context: dg.SensorEvaluationContext, sync_engine:
         run_requests=[
             # The connection's creation time in the key: a user removed and connected again syncs again.
             dg.RunRequest(run_key=f"initial:{user}:{connections[user].created_at}", partition_key=user,
-                          run_config=sync_run_config("initial"), tags={USER_TAG: user})
+                          run_config=sync_run_config("initial"), tags=user_run_tags(user, connections[user]))
             for user in new
         ],
         dynamic_partitions_requests=requests,

@@ -33,6 +33,38 @@ def check_user_id(user_id: str) -> str:
     return user_id
 
 
+class InvalidTaskSizeError(PermanentError):
+    """A run task size AWS Fargate does not offer."""
+
+
+# AWS Fargate's task sizes: CPU units, and the memory (MiB) each of them can have.
+FARGATE_MEMORY: dict[int, tuple[int, ...]] = {
+    256: (512, 1024, 2048),
+    512: tuple(range(1024, 4097, 1024)),
+    1024: tuple(range(2048, 8193, 1024)),
+    2048: tuple(range(4096, 16385, 1024)),
+    4096: tuple(range(8192, 30721, 1024)),
+    8192: tuple(range(16384, 61441, 4096)),
+    16384: tuple(range(32768, 122881, 8192)),
+}
+
+
+def check_task_size(cpu: int, memory: int) -> dict[str, str]:
+    """`{"cpu": .., "memory": ..}` as ECS run tags want them (strings), or InvalidTaskSizeError naming the sizes
+    Fargate offers."""
+    allowed = FARGATE_MEMORY.get(cpu, ())
+    if memory not in allowed:
+        if not allowed:
+            offered = f"CPU units are one of {', '.join(map(str, FARGATE_MEMORY))}"
+        elif len(allowed) <= 3:
+            offered = f"{cpu} CPU units take {', '.join(map(str, allowed))} MiB"
+        else:
+            offered = f"{cpu} CPU units take {allowed[0]}-{allowed[-1]} MiB in steps of {allowed[1] - allowed[0]}"
+        raise InvalidTaskSizeError(f"Fargate has no task of {cpu} CPU units and {memory} MiB: {offered} "
+                                   f"(e.g. --cpu 1024 --memory 4096)")
+    return {"cpu": str(cpu), "memory": str(memory)}
+
+
 @dataclass
 class Connection:
     """A user's connected shop. `token_ref` says where the token is (env:VAR, secretsmanager:ID, literal:…)."""
@@ -55,6 +87,9 @@ class Connection:
     client_ref: str | None = None
     disconnected_at: str | None = None  # when the merchant uninstalled the app (a webhook said so)
     connected_at: str | None = None  # when `users add` last wrote it (an older uninstall does not apply)
+    # The ECS task size of this user's scheduled and sensor-launched runs ({"cpu", "memory"}, strings);
+    # empty: dagster.yaml's run_resources. Set by `users task-size`, kept by `users add`.
+    task_size: dict[str, str] = field(default_factory=dict)
 
     def stored_shape(self, data_type: str) -> str | None:
         """The shape (graphql or rest) of this user's `data_type` documents in DynamoDB, as written by the
@@ -110,6 +145,8 @@ class ConnectionStore:
             item["clientRef"] = {"S": client_ref}
         if same_shop and "shapes" in old:
             item["shapes"] = old["shapes"]
+        if old is not None and "taskSize" in old:  # the operator's choice, whatever the token or shop
+            item["taskSize"] = old["taskSize"]
         self._call("put_item", Item=item)
         return _connection(item)
 
@@ -158,6 +195,25 @@ class ConnectionStore:
         except ConditionFailedError:
             return False
         return True
+
+    def set_task_size(self, user_id: str, cpu: int | None, memory: int | None) -> Connection:
+        """Give the user's scheduled and sensor-launched runs an ECS task of `cpu` units and `memory` MiB (a
+        size Fargate offers, else InvalidTaskSizeError), or, both None, dagster.yaml's default again.
+        UnknownUserError when there is no connection."""
+        if cpu is None and memory is None:
+            update, values = "REMOVE taskSize", {}
+        else:
+            if cpu is None or memory is None:
+                raise InvalidTaskSizeError("a task size needs both --cpu and --memory (e.g. --cpu 1024 --memory 4096)")
+            update, values = "SET taskSize = :size", {":size": serialize(check_task_size(cpu, memory))}
+        try:
+            item = self._call("update_item", Key={"userId": {"S": user_id}}, UpdateExpression=update,
+                              ConditionExpression="attribute_exists(userId)", ReturnValues="ALL_NEW",
+                              **({"ExpressionAttributeValues": values} if values else {}))["Attributes"]
+        except ConditionFailedError:
+            self.get(user_id)  # raises UnknownUserError with what to do
+            raise
+        return _connection(item)
 
     def remove(self, user_id: str) -> bool:
         old = self._call("delete_item", Key={"userId": {"S": user_id}}, ReturnValues="ALL_OLD")
@@ -215,4 +271,5 @@ def _connection(item: dict) -> Connection:
     return Connection(data["userId"], data["shop"], data["tokenRef"], data.get("createdAt"),
                       data.get("lastSync", {}), data.get("highWater", {}), data.get("lastFailedRun"),
                       data.get("api", "rest"), data.get("shapes", {}), data.get("auth", "static"),
-                      data.get("clientRef"), data.get("disconnectedAt"), data.get("connectedAt"))
+                      data.get("clientRef"), data.get("disconnectedAt"), data.get("connectedAt"),
+                      data.get("taskSize", {}))
