@@ -14,6 +14,9 @@ Per N:
 2. Phase 1: the daemon starts; `shopify_connections_sensor` adds the N partitions and requests N initial
    syncs; wait until all finished. (The schedule's cron is 12 hours away.)
 3. Each shop changes: 2 orders, 1 product, 1 customer (large shops: 30 orders, 3 products, 10 customers).
+   With `--initial engine`, phase 1 is every initial sync by the engine in this process (8 threads), then
+   the N partitions added: the sensor then requests nothing, and a 1 000-user fleet is measured without the
+   hour of Dagster start-ups its phase 1 costs on 2 cores.
 4. Phase 2: the daemon restarts with SHOPIFY_DAILY_SYNC_CRON set to the next whole minute, and DynamoDB
    traffic through a metering proxy (`benchmarks.dynamo_meter`); wait for the N daily runs of that tick.
 
@@ -23,7 +26,8 @@ enqueued; runs/minute; per run (from the run's events in Postgres): queue wait, 
 the checks), the rest of the run (between steps, event writes); CPU-seconds per run of the daemon with its
 code servers and run processes (its process group, sampled every 0.5 s), of PostgreSQL, of DynamoDB Local
 and of the simulator (/proc/PID/stat, reaped children included), so other work on a shared machine is not
-counted; peak PostgreSQL client connections
+counted; the peak resident memory of each run process (VmHWM, sampled with the CPU; phase 1's too, when
+Dagster runs it: a full sync's, what a run's ECS task must hold); peak PostgreSQL client connections
 (pg_stat_activity every 0.25 s) and event-log rows per run; DynamoDB write and read units per shop-day
 (every process's requests, with ReturnConsumedCapacity added by the proxy: DynamoDB Local's own computation;
 refused conditional writes counted as 1). Also: lease refusals (steps that met LeaseHeldError or
@@ -125,11 +129,15 @@ def process_cpu_seconds(pid: int) -> float:
 
 class GroupCpu:
     """CPU-seconds of every process in one process group (the daemon's: its code servers and run processes),
-    sampled from /proc every 0.5 s while the `with` block runs; a process counts with its last sample."""
+    sampled from /proc every 0.5 s while the `with` block runs; a process counts with its last sample. Also the
+    peak resident memory (VmHWM) of each process whose command line holds `run_marker`: a run's process, which
+    DefaultRunLauncher has the code server start with multiprocessing's spawn."""
 
-    def __init__(self, group: int) -> None:
+    def __init__(self, group: int, run_marker: str = "from multiprocessing.spawn") -> None:
         self.group = group
+        self.run_marker = run_marker
         self._seen: dict[int, float] = {}
+        self.run_peak_kib: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -156,7 +164,20 @@ class GroupCpu:
                 except OSError:
                     continue
                 if int(fields[2]) == self.group:
-                    self._seen[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+                    pid = int(entry.name)
+                    self._seen[pid] = (int(fields[11]) + int(fields[12])) / tick
+                    self._sample_memory(entry, pid)
+
+    def _sample_memory(self, entry: Path, pid: int) -> None:
+        try:
+            if self.run_marker not in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                return
+            status = (entry / "status").read_text()
+        except OSError:
+            return
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                self.run_peak_kib[pid] = max(self.run_peak_kib.get(pid, 0), int(line.split()[1]))
 
 
 def _wait_runs(instance: dg.DagsterInstance, job: str, n: int, daemon: DagsterDaemon, timeout: float) -> list:
@@ -203,12 +224,13 @@ def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path, submit_worker
         with dg.DagsterInstance.from_config(str(home)) as instance:
             started = time.monotonic()
             if initial_by == "dagster":
-                with ConnectionPeak(pg.url) as peak1, DagsterDaemon(home, env, log) as daemon:
+                with ConnectionPeak(pg.url) as peak1, DagsterDaemon(home, env, log) as daemon, \
+                        GroupCpu(daemon.pid) as initial_cpu:
                     initial = _wait_runs(instance, "full_sync", n, daemon, timeout=600 + 30 * n)
-                initial_peak = peak1.peak
+                initial_peak, initial_rss = peak1.peak, list(initial_cpu.run_peak_kib.values())
                 initial_ok = sum(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in initial)
             else:
-                initial, initial_peak = [], "-"
+                initial, initial_peak, initial_rss = [], "-", []
                 initial_ok = _initial_by_engine(service, instance, list(connections))
             initial_seconds = time.monotonic() - started
             print(f"  phase 1 ({initial_by}): {n} initial syncs ({initial_ok} succeeded) in {initial_seconds:.0f} s, "
@@ -232,6 +254,7 @@ def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path, submit_worker
                 daily_peak = peak2.peak
                 events = peak2.rows("SELECT count(*) FROM event_logs") - events_before
             capacity = meter.totals()
+            dagster_rss = list(dagster_cpu.run_peak_kib.values())
             cpu = {"dagster": dagster_cpu.seconds / n} | {
                 name: (seconds - cpu_before[name]) / n for name, seconds in _cpu(pg, dynamodb_pid, sim).items()}
             daily_ids = [r.dagster_run.run_id for r in daily]
@@ -261,6 +284,8 @@ def fleet(n: int, endpoint: str, dynamodb_pid: int, workdir: Path, submit_worker
         "run − steps s (median)": _median([t.run_seconds - t.step_seconds for t in times]),
         "peak runs at once": _peak_concurrency(times),
         CPU_COLUMN: "/".join(f"{seconds:.1f}" for seconds in cpu.values()),
+        "run peak RSS MB (median/max)": _rss(dagster_rss),
+        "initial run peak RSS MB (median/max)": _rss(initial_rss),
         "peak PG conns (daily/initial)": f"{daily_peak}/{initial_peak}",
         "event rows/run": events / n,
         "WCU/shop-day": capacity["write_units"] / n, "RCU/shop-day": capacity["read_units"] / n,
@@ -281,6 +306,13 @@ def _initial_by_engine(service, instance: dg.DagsterInstance, users: list[str], 
                 print(f"  phase 1 (engine): {i}/{len(users)} synced", flush=True)
     instance.add_dynamic_partitions(USER_PARTITIONS_NAME, users)
     return done
+
+
+def _rss(peaks_kib: list[int]) -> str:
+    """Median and largest peak RSS of the run processes seen, in MB ("-" when none was sampled)."""
+    if not peaks_kib:
+        return "-"
+    return f"{_median(peaks_kib) * 1024 / 1e6:.0f}/{max(peaks_kib) * 1024 / 1e6:.0f} ({len(peaks_kib)} runs)"
 
 
 def _peak_concurrency(times: list) -> int:
@@ -321,8 +353,9 @@ CPU_COLUMN = "CPU s/run: dagster/PG/DDB/sim"
 COLUMNS = ["users", "submit threads", "daily runs ok", "tick→all done s", "tick→all enqueued s", "runs/min",
            "queued s (median)",
            "start-up s (median/p90)", "steps s (median)", "run − steps s (median)", "peak runs at once", CPU_COLUMN,
-           "peak PG conns (daily/initial)", "event rows/run", "WCU/shop-day", "RCU/shop-day", "lease refusals",
-           "overlapping runs", "count mismatches", "initial phase s"]
+           "run peak RSS MB (median/max)", "peak PG conns (daily/initial)", "event rows/run", "WCU/shop-day",
+           "RCU/shop-day", "lease refusals", "overlapping runs", "count mismatches", "initial phase s",
+           "initial run peak RSS MB (median/max)"]
 
 
 def run(users: tuple[int, ...] = DEFAULT_USERS, submit_workers: int = 0, initial_by: str = "dagster") -> None:
