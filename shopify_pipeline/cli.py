@@ -79,7 +79,9 @@ def _print(args: argparse.Namespace, data, text: str) -> None:
 def _print_added(args: argparse.Namespace, service, connection) -> None:
     notice = service.api_change_notice(connection)
     _print(args, {**connection.public(), "notice": notice},
-           f"added {connection.user_id} → {connection.shop} ({connection.api.upper()}, {connection.auth} token)"
+           f"added {connection.user_id} → {connection.shop} ({connection.api.upper()}, {connection.auth} token"
+           + (f", task {connection.task_size['cpu']} CPU / {connection.task_size['memory']} MiB"
+              if connection.task_size else "") + ")"
            + (f"\n{notice}" if notice else ""))
 
 
@@ -128,7 +130,26 @@ def _webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_size_option(args: argparse.Namespace) -> dict[str, str] | None:
+    """`--cpu` with `--memory` as a checked task size (InvalidTaskSizeError for one Fargate does not offer),
+    None when neither is given; refused where the action takes none."""
+    from shopify_pipeline.dynamo.connections import check_task_size
+
+    given = args.cpu is not None or args.memory is not None
+    if (given or args.clear) and args.action not in ("add", "task-size"):
+        raise SystemExit(f"users {args.action} takes no --cpu, --memory or --clear (see users task-size)")
+    if args.clear and given:
+        raise SystemExit("users task-size: --clear or --cpu with --memory, not both")
+    if not given:
+        return None
+    if args.cpu is None or args.memory is None:
+        raise SystemExit(f"users {args.action} needs --cpu with --memory (a Fargate size, e.g. --cpu 1024 "
+                         "--memory 4096)")
+    return check_task_size(args.cpu, args.memory)
+
+
 def _users(args: argparse.Namespace) -> int:
+    task_size = _task_size_option(args)  # checked before anything is asked or stored
     service = _service()
     if args.action == "add" and args.auth == "expiring":
         if args.user is None or not (args.shop and args.client_ref):
@@ -137,13 +158,14 @@ def _users(args: argparse.Namespace) -> int:
         connection = service.connect_expiring(
             args.user, args.shop, args.client_ref, args.token_secret, code=args.code,
             refresh_token_ref=args.refresh_token_ref, static_token_ref=args.migrate_token_ref,
-            replace=args.replace, api=args.api)
+            replace=args.replace, api=args.api, task_size=task_size)
         _print_added(args, service, connection)
     elif args.action == "add":
         if args.user is None or not (args.shop and args.token_ref):
             raise SystemExit("users add needs --user, --shop and --token-ref (env:VAR, secretsmanager:ID or "
                              "literal:TOKEN), or --auth expiring (see --help)")
-        connection = service.add_connection(args.user, args.shop, args.token_ref, replace=args.replace, api=args.api)
+        connection = service.add_connection(args.user, args.shop, args.token_ref, replace=args.replace, api=args.api,
+                                            task_size=task_size)
         _print_added(args, service, connection)
     elif args.action == "remove":
         if args.user is None:
@@ -151,11 +173,11 @@ def _users(args: argparse.Namespace) -> int:
         removed = service.remove_connection(args.user)
         _print(args, {"removed": removed}, f"removed {args.user}" if removed else f"no connection for {args.user}")
     elif args.action == "task-size":
-        if args.user is None or not (args.clear or (args.cpu and args.memory)):
+        if args.user is None or not (args.clear or task_size):
             raise SystemExit("users task-size needs --user and --cpu with --memory (a Fargate size, e.g. --cpu 1024 "
                              "--memory 4096), or --clear for dagster.yaml's run_resources")
         connection = service.engine.connections.set_task_size(
-            args.user, None if args.clear else args.cpu, None if args.clear else args.memory)
+            args.user, *((None, None) if args.clear else (args.cpu, args.memory)))
         size = connection.task_size
         _print(args, connection.public(), f"{args.user}: scheduled and sensor-launched runs get " + (
             f"{size['cpu']} CPU units and {size['memory']} MiB" if size else "dagster.yaml's run_resources"))
@@ -311,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "would")
     users.add_argument("--days", type=int, help="purge-uninstalled: the retention in days")
     users.add_argument("--user", help="the user id (add, remove, task-size)")
-    users.add_argument("--cpu", type=int, help="task-size: ECS CPU units (256, 512, 1024, 2048, 4096, 8192, 16384)")
-    users.add_argument("--memory", type=int, help="task-size: MiB, a size Fargate offers with --cpu")
+    users.add_argument("--cpu", type=int, help="task-size, add: the ECS CPU units of the user's scheduled and "
+                       "sensor-launched runs (256, 512, 1024, 2048, 4096, 8192, 16384)")
+    users.add_argument("--memory", type=int, help="task-size, add: MiB, a size Fargate offers with --cpu")
     users.add_argument("--clear", action="store_true", help="task-size: back to dagster.yaml's run_resources")
     users.add_argument("--shop", help="acme.myshopify.com (add)")
     users.add_argument("--token-ref", help="where the token is: env:VAR, secretsmanager:ID, literal:TOKEN (add)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -13,6 +14,7 @@ from shopify_pipeline.errors import PermanentError
 from shopify_pipeline.settings import Settings
 
 _USER_ID = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
+logger = logging.getLogger(__name__)
 
 
 class InvalidUserIdError(PermanentError):
@@ -127,12 +129,28 @@ class ConnectionStore:
             return getattr(self._client, operation)(TableName=self._table, **kwargs)
 
     def add(self, user_id: str, shop: str, token_ref: str, api: str = "graphql", auth: str = "static",
-            client_ref: str | None = None) -> Connection:
+            client_ref: str | None = None, task_size: dict[str, str] | None = None) -> Connection:
         """Create a user's connection, or update its shop, token reference, API and auth. Last syncs,
         high-water marks and the shapes of stored documents are kept when the shop stays the same (a new token
-        must not turn daily syncs into full ones) and reset when the shop changes."""
+        must not turn daily syncs into full ones) and reset when the shop changes; the task size is kept
+        unless `task_size` (from `check_task_size`) replaces it. The write is conditional on what it keeps
+        being unchanged since it was read (a sync finishing, `users task-size` meanwhile): on a change it
+        reads again and retries, so nothing written in between is lost."""
         check_user_id(user_id)
-        old = self._call("get_item", Key={"userId": {"S": user_id}}, ConsistentRead=True).get("Item")
+        for _ in range(ADD_ATTEMPTS):
+            old = self._call("get_item", Key={"userId": {"S": user_id}}, ConsistentRead=True).get("Item")
+            item = self._new_item(old, user_id, shop, token_ref, api, auth, client_ref, task_size)
+            try:
+                self._call("put_item", Item=item, **_unchanged(old))
+            except ConditionFailedError:
+                continue
+            return _connection(item)
+        raise ConditionFailedError(f"the connection of user {user_id!r} kept changing while it was written "
+                                   f"({ADD_ATTEMPTS} attempts): try `users add` again")
+
+    @staticmethod
+    def _new_item(old: dict | None, user_id: str, shop: str, token_ref: str, api: str, auth: str,
+                  client_ref: str | None, task_size: dict[str, str] | None) -> dict:
         same_shop = old is not None and old["shop"]["S"] == shop
         item = {
             "userId": {"S": user_id}, "shop": {"S": shop}, "tokenRef": {"S": token_ref},
@@ -145,10 +163,11 @@ class ConnectionStore:
             item["clientRef"] = {"S": client_ref}
         if same_shop and "shapes" in old:
             item["shapes"] = old["shapes"]
-        if old is not None and "taskSize" in old:  # the operator's choice, whatever the token or shop
+        if task_size:
+            item["taskSize"] = serialize(task_size)
+        elif old is not None and "taskSize" in old:  # the operator's choice, whatever the token or shop
             item["taskSize"] = old["taskSize"]
-        self._call("put_item", Item=item)
-        return _connection(item)
+        return item
 
     def get(self, user_id: str) -> Connection:
         item = self._call("get_item", Key={"userId": {"S": user_id}}, ConsistentRead=True).get("Item")
@@ -257,6 +276,26 @@ class ConnectionStore:
                    ConditionExpression="attribute_exists(userId)")
 
 
+ADD_ATTEMPTS = 5
+_KEPT_BY_ADD = ("shop", "createdAt", "lastSync", "highWater", "shapes", "taskSize")
+
+
+def _unchanged(old: dict | None) -> dict:
+    """put_item's condition that the item is still `old` in what `add` keeps from it (absent: still absent)."""
+    if old is None:
+        return {"ConditionExpression": "attribute_not_exists(userId)"}
+    terms, names, values = [], {}, {}
+    for i, name in enumerate(_KEPT_BY_ADD):
+        names[f"#k{i}"] = name
+        if name in old:
+            terms.append(f"#k{i} = :k{i}")
+            values[f":k{i}"] = old[name]
+        else:
+            terms.append(f"attribute_not_exists(#k{i})")
+    return {"ConditionExpression": " AND ".join(terms), "ExpressionAttributeNames": names,
+            **({"ExpressionAttributeValues": values} if values else {})}
+
+
 def _moment(text: str) -> datetime:
     """An ISO timestamp (with or without fractions, Z or an offset) as an aware datetime; unreadable: the epoch."""
     try:
@@ -272,4 +311,18 @@ def _connection(item: dict) -> Connection:
                       data.get("lastSync", {}), data.get("highWater", {}), data.get("lastFailedRun"),
                       data.get("api", "rest"), data.get("shapes", {}), data.get("auth", "static"),
                       data.get("clientRef"), data.get("disconnectedAt"), data.get("connectedAt"),
-                      data.get("taskSize", {}))
+                      _stored_task_size(data["userId"], data.get("taskSize")))
+
+
+def _stored_task_size(user_id: str, stored: object) -> dict[str, str]:
+    """A stored task size as `check_task_size` returns it; one that is not a size Fargate offers (written by
+    hand, or by a later release) is ignored with a warning, so one bad row never stops the schedule, the sensor
+    or `users list` for every user: that user's runs get dagster.yaml's run_resources."""
+    if stored is None:
+        return {}
+    try:
+        return check_task_size(int(stored["cpu"]), int(stored["memory"]))
+    except (InvalidTaskSizeError, KeyError, TypeError, ValueError, ArithmeticError) as error:
+        logger.warning("user %s: ignoring its stored task size %.200r (%s): its runs get dagster.yaml's "
+                       "run_resources; set it again with `shopify-pipeline users task-size`", user_id, stored, error)
+        return {}

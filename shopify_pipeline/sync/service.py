@@ -236,13 +236,15 @@ class SyncService:
 
     def add_connection(self, user_id: str, shop: str, token_ref: str, replace: bool = False,
                        api: str | None = None, auth: str = "static", client_ref: str | None = None,
-                       dry_run: bool = False) -> Connection | None:
+                       dry_run: bool = False, task_size: dict[str, str] | None = None) -> Connection | None:
         """Connect (or reconnect) a user's shop. Refuses a bad user id, shop domain or token reference
         (TokenReferenceError, e.g. a token pasted where `env:VAR` belongs) before anything is stored, and
         a different shop for a connected user unless `replace` (ShopChangeRefusedError says what happens).
 
         `api` is the API syncs read through: graphql (the default for a new connection) or rest; a reconnect
-        without it keeps the connection's API. See `api_change_notice` for what a change means."""
+        without it keeps the connection's API. See `api_change_notice` for what a change means. `task_size`
+        (from `check_task_size`) sets the ECS task of the user's scheduled and sensor-launched runs; without
+        it the connection keeps the one it has."""
         from shopify_pipeline.shopify.client import shop_base_url
         from shopify_pipeline.shopify.sources import APIS, DEFAULT_API
 
@@ -268,12 +270,12 @@ class SyncService:
         if dry_run:
             return None
         return self.engine.connections.add(user_id, shop, token_ref, api or (old.api if same_shop else DEFAULT_API),
-                                           auth=auth, client_ref=client_ref)
+                                           auth=auth, client_ref=client_ref, task_size=task_size)
 
     def connect_expiring(self, user_id: str, shop: str, client_ref: str, token_secret: str | None = None, *,
                          code: str | None = None, refresh_token_ref: str | None = None,
                          static_token_ref: str | None = None, replace: bool = False,
-                         api: str | None = None) -> Connection:
+                         api: str | None = None, task_size: dict[str, str] | None = None) -> Connection:
         """Connect a shop with expiring tokens (public apps, required from 2027-01-01). Exactly one source of
         the first pair: `code`, the authorization code of the app's OAuth redirect; `refresh_token_ref`, a
         reference to a refresh token the app already holds; or `static_token_ref`, the shop's non-expiring
@@ -328,7 +330,7 @@ class SyncService:
             oauth.close()
         vault.save(pair)  # stored before the connection names it
         return self.add_connection(user_id, shop, token_ref, replace=replace, api=api, auth="expiring",
-                                   client_ref=client_ref)
+                                   client_ref=client_ref, task_size=task_size)
 
     @staticmethod
     def api_change_notice(connection: Connection) -> str | None:

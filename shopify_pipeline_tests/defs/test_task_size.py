@@ -13,7 +13,12 @@ import pytest
 
 from shopify_pipeline.defs.schedules import daily_sync_schedule
 from shopify_pipeline.defs.sensors import shopify_connections_sensor
-from shopify_pipeline.dynamo.connections import InvalidTaskSizeError, UnknownUserError, check_task_size
+from shopify_pipeline.dynamo.connections import (
+    ConnectionStore,
+    InvalidTaskSizeError,
+    UnknownUserError,
+    check_task_size,
+)
 from shopify_pipeline.sync.service import SyncService
 from shopify_pipeline_tests.defs.conftest import table_prefix
 
@@ -94,8 +99,78 @@ def test_the_cli_sets_shows_refuses_and_clears_a_task_size(settings, connected):
     assert unknown.returncode == 2 and "users add" in unknown.stderr, unknown.stderr
     incomplete = cli("task-size", "--user", "user-acme", "--cpu", "512")
     assert incomplete.returncode != 0 and "--memory" in incomplete.stderr
+    no_cpu = cli("task-size", "--user", "user-acme", "--cpu", "0", "--memory", "512")  # 0 is a size, a wrong one
+    assert no_cpu.returncode == 2 and "CPU units are one of 256" in no_cpu.stderr, no_cpu.stderr
+    both = cli("task-size", "--user", "user-acme", "--clear", "--cpu", "1024", "--memory", "4096")
+    assert both.returncode != 0 and "not both" in both.stderr
+    elsewhere = cli("remove", "--user", "user-acme", "--cpu", "1024", "--memory", "4096")
+    assert elsewhere.returncode != 0 and "takes no --cpu" in elsewhere.stderr
     listed = {c["user_id"]: c["task_size"] for c in json.loads(cli("list", "--json").stdout)}
     assert listed["user-acme"] == {"cpu": "2048", "memory": "8192"}  # the refusals changed nothing
+    readded = cli("add", "--user", "user-new", "--shop", "acme.myshopify.com", "--token-ref", "env:NEW_TOKEN",
+                  "--cpu", "4096", "--memory", "30720")
+    assert readded.returncode == 0 and "task 4096 CPU / 30720 MiB" in readded.stdout, readded.stdout + readded.stderr
+    refused_add = cli("add", "--user", "user-other", "--shop", "acme.myshopify.com", "--token-ref", "env:X_TOKEN",
+                      "--cpu", "4096", "--memory", "4096")
+    assert refused_add.returncode == 2 and "8192-30720" in refused_add.stderr, refused_add.stderr
+    listed = {c["user_id"]: c["task_size"] for c in json.loads(cli("list", "--json").stdout)}
+    assert listed["user-new"] == {"cpu": "4096", "memory": "30720"} and "user-other" not in listed
     cleared = cli("task-size", "--user", "user-acme", "--clear")
     assert cleared.returncode == 0 and "run_resources" in cleared.stdout
     assert {c["user_id"]: c["task_size"] for c in json.loads(cli("list", "--json").stdout)}["user-acme"] == {}
+
+
+@pytest.mark.parametrize("bad", [
+    {"M": {"cpu": {"S": "1024"}}},  # memory missing
+    {"S": "1024/4096"},  # not a map
+    {"M": {"cpu": {"N": "1024.0"}, "memory": {"S": "4 GB"}}},  # not numbers of MiB
+    {"M": {"cpu": {"S": "1024"}, "memory": {"S": "3000"}}},  # a size Fargate does not offer
+    {"M": {"cpu": {"L": []}, "memory": {"NULL": True}}},
+])
+def test_one_bad_stored_task_size_never_stops_the_fleets_runs(instance, sync_engine, engine, connected, bad,
+                                                               caplog):
+    # Written by hand (or by a later release): the schedule and the sensor still request every user's run,
+    # that user's with dagster.yaml's default size, and say which row they ignored.
+    engine.dynamodb.update_item(TableName=engine.settings.tables.connections, Key={"userId": {"S": "user-small"}},
+                                UpdateExpression="SET taskSize = :bad", ExpressionAttributeValues={":bad": bad})
+    engine.connections.set_task_size("user-acme", 512, 2048)
+    with dg.build_sensor_context(instance=instance, resources={"sync_engine": sync_engine}) as context:
+        initial = {r.partition_key: r.tags for r in shopify_connections_sensor(context).run_requests}
+    instance.add_dynamic_partitions("shopify_users", sorted(connected))
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 30, 3, 0,
+                                   tzinfo=timezone.utc), resources={"sync_engine": sync_engine}) as context:
+        daily = {r.partition_key: r.tags for r in daily_sync_schedule(context)}
+    for requested in (initial, daily):
+        assert set(requested) == set(connected)
+        assert requested["user-small"] == {"shopify/user": "user-small"}
+        assert requested["user-acme"]["ecs/memory"] == "2048"
+    assert "user user-small: ignoring its stored task size" in caplog.text
+    assert engine.connections.get("user-small").task_size == {}
+
+
+def test_users_add_never_undoes_a_task_size_set_while_it_writes(engine, connected, sim):
+    """`users add` reads the connection, then writes it whole: a size set in between must survive."""
+
+    class SizeSetMeanwhile(ConnectionStore):
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            self.meanwhile = lambda: engine.connections.set_task_size("user-acme", 2048, 8192)
+
+        def _call(self, operation: str, **kwargs) -> dict:
+            answer = super()._call(operation, **kwargs)
+            if operation == "get_item" and self.meanwhile:
+                meanwhile, self.meanwhile = self.meanwhile, None
+                meanwhile()
+            return answer
+
+    racing = SizeSetMeanwhile(engine.dynamodb, engine.settings)
+    added = racing.add("user-acme", sim.shop_url("acme"), "literal:shpat_acme")
+    assert added.task_size == {"cpu": "2048", "memory": "8192"}
+    assert engine.connections.get("user-acme").task_size == {"cpu": "2048", "memory": "8192"}
+    assert engine.connections.get("user-acme").token_ref == "literal:shpat_acme"
+
+
+def test_users_add_can_set_the_task_size_of_a_new_users_first_run(engine, sim):
+    added = engine.connections.add("user-big", sim.shop_url("acme"), "literal:shpat_acme",
+                                   task_size=check_task_size(4096, 16384))
+    assert added.task_size == engine.connections.get("user-big").task_size == {"cpu": "4096", "memory": "16384"}
