@@ -264,6 +264,7 @@ def test_both_instances_queue_runs_the_same_way(production_env: dict[str, str], 
             assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
             assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
             assert not instance.run_retries_retry_on_asset_or_op_failure
+            assert instance.scheduler.max_tick_retries == 3  # a failed daily tick is tried again
         assert production.run_monitoring_enabled and production.run_monitoring_start_timeout_seconds == 300
 
 
