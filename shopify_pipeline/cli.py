@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from shopify_pipeline.logs import forward_logs
@@ -411,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     from shopify_pipeline.errors import PipelineError
 
     args = build_parser().parse_args(argv)
+    # Ctrl-C (SIGINT) stops every command, servers included, even one started with SIGINT ignored, as
+    # `shopify-pipeline local-dynamodb &` in a script leaves it: Python then installs no handler of its own.
+    if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's to set
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return args.func(args)
     except PipelineError as error:
